@@ -1,0 +1,186 @@
+"""Bipartite matching: the Hungarian algorithm and DETR's Hungarian matcher.
+
+``hungarian`` is the course's own solver, written to be read; ``HungarianMatcher`` is what training
+uses, with scipy's ``linear_sum_assignment`` (same optimum, C++ speed) as its default solver.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from .boxes import batched_generalized_box_iou, box_cxcywh_to_xyxy
+
+__all__ = ["hungarian", "HungarianMatcher", "SOLVERS"]
+
+
+def hungarian(cost) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost assignment of rows to columns, O(n^3): the Hungarian method with potentials.
+
+    ``cost``: array-like ``[n, m]`` of finite numbers, any orientation. Returns ``(row_ind, col_ind)``
+    like ``scipy.optimize.linear_sum_assignment``: ``min(n, m)`` pairs, ``row_ind`` ascending, and
+    ``cost[row_ind, col_ind].sum()`` is the smallest possible total.
+
+    The method keeps a price ``u[i]`` per row and ``v[j]`` per column with ``u[i] + v[j] <= cost[i, j]``
+    everywhere. A cell where the two are equal is "tight" (a zero of the reduced matrix
+    ``cost - u - v``, the zeros of the pen-and-paper method). Rows are added one at a time: from the new
+    row we grow a tree of tight cells (Dijkstra on reduced costs); when no tight cell leads on, the
+    prices move by the smallest reduced cost ``delta`` (the "adjust" step that makes a new zero); when
+    the tree reaches an unassigned column, we flip the path of assignments (augment). Each row costs at
+    most ``m`` steps of ``O(m)`` work, so ``O(n^2 m)`` in all.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.ndim != 2:
+        raise ValueError(f"cost must be a 2-D matrix, got shape {cost.shape}")
+    if not np.isfinite(cost).all():
+        raise ValueError("cost contains NaN or infinity; replace them (e.g. np.nan_to_num) before matching")
+    transposed = cost.shape[0] > cost.shape[1]
+    if transposed:  # the method adds rows one by one and needs rows <= columns
+        cost = cost.T
+    n, m = cost.shape
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy()
+
+    # Index 0 is a virtual column used as the root of each search: column j >= 1 is cost[:, j - 1].
+    u = np.zeros(n + 1)  # row prices
+    v = np.zeros(m + 1)  # column prices
+    row_of = np.zeros(m + 1, dtype=np.int64)  # row_of[j]: row (1-based) assigned to column j, 0 = free
+    came_from = np.zeros(m + 1, dtype=np.int64)  # previous column on the shortest path to column j
+    for i in range(1, n + 1):
+        row_of[0] = i
+        j0 = 0  # current column: we start at the virtual column holding the new row
+        min_reduced = np.full(m + 1, np.inf)  # smallest reduced cost seen so far to reach each column
+        visited = np.zeros(m + 1, dtype=bool)
+        while True:
+            visited[j0] = True
+            i0 = row_of[j0]
+            # Relax every unvisited column from row i0 (one vectorised step of Dijkstra).
+            reduced = cost[i0 - 1] - u[i0] - v[1:]
+            better = ~visited[1:] & (reduced < min_reduced[1:])
+            min_reduced[1:][better] = reduced[better]
+            came_from[1:][better] = j0
+            # The closest unvisited column, and how far prices must move to make it tight.
+            candidates = np.where(visited[1:], np.inf, min_reduced[1:])
+            j1 = int(np.argmin(candidates)) + 1
+            delta = candidates[j1 - 1]
+            # Adjust prices: visited rows go up, visited columns go down, so tight cells stay tight.
+            u[row_of[visited]] += delta
+            v[visited] -= delta
+            min_reduced[~visited] -= delta
+            j0 = j1
+            if row_of[j0] == 0:  # reached a free column: an augmenting path exists
+                break
+        while j0:  # augment: shift every assignment along the path by one step
+            j1 = came_from[j0]
+            row_of[j0] = row_of[j1]
+            j0 = j1
+
+    cols = np.nonzero(row_of[1:])[0]
+    rows = row_of[1:][cols] - 1
+    if transposed:
+        rows, cols = cols, rows
+    order = np.argsort(rows)
+    return rows[order].astype(np.int64), cols[order].astype(np.int64)
+
+
+def _scipy_solver(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return linear_sum_assignment(cost)
+
+
+SOLVERS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
+    "scipy": _scipy_solver,
+    "hungarian": hungarian,
+}
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment of predictions to targets, DETR's contract.
+
+    Matching cost for query q and target t (eq. 1-2 of the DEIM talk, DETR's matcher):
+    ``cost_class * C_cls(q, t) + cost_bbox * ||b_q - b_t||_1 + cost_giou * (-GIoU(b_q, b_t))``.
+
+    - ``use_focal=False`` (DETR): ``C_cls = -softmax(logits)[label]``, the last logit being "no object".
+    - ``use_focal=True`` (Deformable DETR, RT-DETR, DEIM): sigmoid probabilities p and
+      ``C_cls = alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))``, the focal loss of calling
+      the query positive minus that of calling it negative.
+
+    The costs of the whole batch are built at once as a padded block tensor ``[B, Q, T_max]`` (image b's
+    queries against image b's targets only), moved to the CPU with one copy, and each image's
+    ``[Q, T_b]`` block is solved on its own. Padding never changes an image's optimum: the padded
+    columns are sliced away before solving.
+    """
+
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        use_focal: bool = False,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        solver: str = "scipy",
+    ):
+        super().__init__()
+        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
+            raise ValueError("all matching costs are 0: every assignment would be equally good")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
+        self.use_focal, self.alpha, self.gamma = use_focal, alpha, gamma
+        self.solver = solver
+
+    @torch.no_grad()
+    def cost_matrix(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> Tensor:
+        """The padded matching cost ``[B, Q, T_max]``; columns ``>= len(targets[b]["labels"])`` are padding."""
+        logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K[+1]), (B, Q, 4)
+        batch, num_queries = logits.shape[:2]
+        if len(targets) != batch:
+            raise ValueError(f"got {len(targets)} target dicts for a batch of {batch} predictions")
+        t_max = max((len(t["labels"]) for t in targets), default=0)
+        labels = logits.new_zeros((batch, t_max), dtype=torch.long)
+        # Padding boxes must be valid boxes so that GIoU stays finite; their costs are never used.
+        boxes = logits.new_tensor([0.5, 0.5, 1.0, 1.0]).repeat(batch, t_max, 1)
+        for b, t in enumerate(targets):
+            labels[b, : len(t["labels"])] = t["labels"]
+            boxes[b, : len(t["boxes"])] = t["boxes"]
+
+        index = labels[:, None, :].expand(batch, num_queries, t_max)  # (B, Q, T)
+        if self.use_focal:
+            prob = logits.sigmoid().gather(2, index)
+            neg = (1 - self.alpha) * prob**self.gamma * -(1 - prob + 1e-8).log()
+            pos = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
+            cost_class = pos - neg
+        else:
+            cost_class = -logits.softmax(-1).gather(2, index)
+        cost_bbox = torch.cdist(pred_boxes, boxes, p=1)  # (B, Q, T)
+        cost_giou = -batched_generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(boxes))
+        return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+
+    @torch.no_grad()
+    def forward(
+        self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Match a batch.
+
+        ``outputs``: ``pred_logits [B, Q, K]`` (``K+1`` with the no-object logit when ``use_focal=False``)
+        and ``pred_boxes [B, Q, 4]`` normalised cxcywh. ``targets``: B dicts with ``labels [T_b]`` (int64,
+        ``0 <= label < K``) and ``boxes [T_b, 4]`` normalised cxcywh.
+
+        Returns B pairs ``(query_idx, target_idx)`` of int64 CPU tensors of length ``min(Q, T_b)``: query
+        ``query_idx[k]`` predicts target ``target_idx[k]``. Images without targets give empty pairs.
+        """
+        sizes = [len(t["labels"]) for t in targets]
+        cost = self.cost_matrix(outputs, targets)
+        # One device-to-host copy for the whole batch; NaN/inf would make any solver fail or lie.
+        cost = torch.nan_to_num(cost.float(), nan=1e8, posinf=1e8, neginf=-1e8).cpu().double().numpy()
+        solve = SOLVERS[self.solver]
+        matches = []
+        for b, size in enumerate(sizes):
+            rows, cols = solve(cost[b, :, :size])
+            matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+        return matches

@@ -1,0 +1,200 @@
+"""minidetr.matching against scipy's linear_sum_assignment and brute force over permutations."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from minidetr.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from minidetr.matching import HungarianMatcher, hungarian
+
+TOY = np.array([[8, 4, 7], [5, 2, 3], [9, 4, 8]])  # the DEIM talk's worker/task example
+
+
+def brute_force_total(cost: np.ndarray) -> float:
+    n, m = cost.shape
+    if n <= m:
+        return min(cost[range(n), list(p)].sum() for p in itertools.permutations(range(m), n))
+    return brute_force_total(cost.T)
+
+
+def assert_valid_optimal(cost: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+    ref_rows, ref_cols = linear_sum_assignment(cost)
+    assert len(rows) == len(cols) == min(cost.shape)
+    assert rows.dtype == np.int64 and cols.dtype == np.int64
+    assert (np.diff(rows) > 0).all(), "row_ind must be ascending, like scipy's"
+    assert len(set(cols.tolist())) == len(cols), "a column was used twice"
+    np.testing.assert_allclose(cost[rows, cols].sum(), cost[ref_rows, ref_cols].sum(), rtol=1e-12, atol=1e-9)
+
+
+def test_toy_example_from_the_talk():
+    rows, cols = hungarian(TOY)
+    # The optimum is Alice-bathroom 8, Bob-windows 3, Carol-floors 4 = $15.
+    assert cost_of(TOY, rows, cols) == brute_force_total(TOY) == 15
+    np.testing.assert_array_equal(cols, [0, 2, 1])
+    np.testing.assert_array_equal(cols, linear_sum_assignment(TOY)[1])  # the optimum is unique here
+
+
+def cost_of(cost, rows, cols):
+    return cost[rows, cols].sum()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_small_matrices_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        n, m = rng.integers(1, 7, size=2)
+        cost = rng.integers(0, 4, size=(n, m)).astype(float)  # tie-heavy
+        rows, cols = hungarian(cost)
+        assert cost_of(cost, rows, cols) == brute_force_total(cost)
+        assert_valid_optimal(cost, rows, cols)
+
+
+@pytest.mark.parametrize(
+    "kind", ["normal", "ties", "large", "negative", "tall", "wide", "uniform-int"]
+)
+def test_random_matrices_against_scipy(kind):
+    rng = np.random.default_rng(hash(kind) % 2**32)
+    for _ in range(40):
+        n, m = rng.integers(1, 40, size=2)
+        if kind == "tall":
+            n, m = max(n, m) + 5, min(n, m)
+        if kind == "wide":
+            n, m = min(n, m), max(n, m) + 5
+        cost = {
+            "normal": lambda: rng.normal(size=(n, m)),
+            "ties": lambda: rng.integers(0, 3, size=(n, m)).astype(float),
+            "large": lambda: rng.normal(size=(n, m)) * 1e9,
+            "negative": lambda: -rng.random((n, m)) * 100,
+            "tall": lambda: rng.random((n, m)),
+            "wide": lambda: rng.random((n, m)),
+            "uniform-int": lambda: rng.integers(-1000, 1000, size=(n, m)).astype(float),
+        }[kind]()
+        assert_valid_optimal(cost, *hungarian(cost))
+
+
+def test_detr_sized_problem_against_scipy():
+    rng = np.random.default_rng(7)
+    for k in (1, 7, 30, 90):
+        cost = rng.random((300, k))
+        assert_valid_optimal(cost, *hungarian(cost))
+
+
+def test_empty_and_invalid_inputs():
+    rows, cols = hungarian(np.zeros((0, 4)))
+    assert rows.shape == cols.shape == (0,)
+    rows, cols = hungarian(np.zeros((3, 0)))
+    assert rows.shape == (0,)
+    with pytest.raises(ValueError, match="2-D"):
+        hungarian(np.zeros(3))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        hungarian(np.array([[1.0, np.nan]]))
+
+
+def make_batch(seed: int, sizes, num_queries=12, num_classes=5, focal=False):
+    g = torch.Generator().manual_seed(seed)
+    batch = len(sizes)
+    logits = torch.randn(batch, num_queries, num_classes + (0 if focal else 1), generator=g)
+    centers = torch.rand(batch, num_queries, 2, generator=g) * 0.6 + 0.2
+    sizes_wh = torch.rand(batch, num_queries, 2, generator=g) * 0.3 + 0.05
+    outputs = {"pred_logits": logits, "pred_boxes": torch.cat([centers, sizes_wh], -1)}
+    targets = []
+    for t in sizes:
+        c = torch.rand(t, 2, generator=g) * 0.6 + 0.2
+        wh = torch.rand(t, 2, generator=g) * 0.3 + 0.05
+        targets.append({"labels": torch.randint(0, num_classes, (t,), generator=g), "boxes": torch.cat([c, wh], -1)})
+    return outputs, targets
+
+
+def reference_cost(outputs, target, b, matcher):
+    """DETR's formula written out for one image, in float64."""
+    logits = outputs["pred_logits"][b].double()
+    pred = outputs["pred_boxes"][b].double()
+    tgt = target["boxes"].double()
+    if matcher.use_focal:
+        p = logits.sigmoid()[:, target["labels"]]
+        a, g = matcher.alpha, matcher.gamma
+        cls = a * (1 - p) ** g * -(p + 1e-8).log() - (1 - a) * p**g * -(1 - p + 1e-8).log()
+    else:
+        cls = -logits.softmax(-1)[:, target["labels"]]
+    l1 = (pred[:, None, :] - tgt[None, :, :]).abs().sum(-1)
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt))
+    return matcher.cost_class * cls + matcher.cost_bbox * l1 - matcher.cost_giou * giou
+
+
+@pytest.mark.parametrize("focal", [False, True])
+def test_matcher_cost_and_assignment_per_image(focal):
+    outputs, targets = make_batch(0, sizes=[3, 0, 7, 12], focal=focal)
+    matcher = HungarianMatcher(use_focal=focal)
+    cost = matcher.cost_matrix(outputs, targets)
+    assert cost.shape == (4, 12, 12)
+    matches = matcher(outputs, targets)
+    assert len(matches) == 4
+    for b, (target, (q, t)) in enumerate(zip(targets, matches)):
+        assert q.dtype == t.dtype == torch.int64
+        n = len(target["labels"])
+        assert len(q) == len(t) == min(n, 12)
+        if n == 0:
+            continue
+        ref = reference_cost(outputs, target, b, matcher)
+        torch.testing.assert_close(cost[b, :, :n].double(), ref, rtol=1e-5, atol=1e-5)
+        ref_rows, ref_cols = linear_sum_assignment(ref.numpy())
+        np.testing.assert_allclose(ref.numpy()[q, t].sum(), ref.numpy()[ref_rows, ref_cols].sum(), rtol=1e-6)
+
+
+def test_padded_blocks_match_detr_full_layout():
+    """The [B, Q, T_max] blocks give the same optima as DETR's [B*Q, sum T] matrix split per image."""
+    outputs, targets = make_batch(1, sizes=[4, 9, 1])
+    matcher = HungarianMatcher()
+    block = matcher(outputs, targets)
+    flat = {k: v.flatten(0, 1)[None] for k, v in outputs.items()}
+    all_targets = [{"labels": torch.cat([t["labels"] for t in targets]), "boxes": torch.cat([t["boxes"] for t in targets])}]
+    full = matcher.cost_matrix(flat, all_targets)[0].view(3, 12, -1)  # DETR's C.view(bs, nq, -1)
+    start = 0
+    for b, t in enumerate(targets):
+        n = len(t["labels"])
+        c = full[b, :, start : start + n].double().numpy()
+        rows, cols = linear_sum_assignment(c)
+        q, j = block[b]
+        np.testing.assert_allclose(c[q, j].sum(), c[rows, cols].sum(), rtol=1e-6)
+        start += n
+
+
+def test_matching_is_permutation_equivariant():
+    outputs, targets = make_batch(2, sizes=[6])
+    matcher = HungarianMatcher()
+    q, t = matcher(outputs, targets)[0]
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    permuted = {k: v[:, perm] for k, v in outputs.items()}
+    q2, t2 = matcher(permuted, targets)[0]
+    # query perm[i] of the original is query i of the permuted set
+    assert sorted(zip(perm[q2].tolist(), t2.tolist())) == sorted(zip(q.tolist(), t.tolist()))
+
+
+def test_more_targets_than_queries_and_solvers_agree():
+    outputs, targets = make_batch(3, sizes=[20, 5], num_queries=8)
+    scipy_matches = HungarianMatcher()(outputs, targets)
+    own_matches = HungarianMatcher(solver="hungarian")(outputs, targets)
+    cost = HungarianMatcher().cost_matrix(outputs, targets)
+    assert len(scipy_matches[0][0]) == 8  # every query used, 12 targets unmatched
+    for b, ((q1, t1), (q2, t2)) in enumerate(zip(scipy_matches, own_matches)):
+        torch.testing.assert_close(cost[b][q1, t1].sum(), cost[b][q2, t2].sum())
+
+
+def test_matcher_validates_arguments():
+    with pytest.raises(ValueError, match="unknown solver"):
+        HungarianMatcher(solver="auction")
+    with pytest.raises(ValueError, match="all matching costs are 0"):
+        HungarianMatcher(cost_class=0, cost_bbox=0, cost_giou=0)
+    outputs, targets = make_batch(4, sizes=[2, 2])
+    with pytest.raises(ValueError, match="3 target dicts for a batch of 2"):
+        HungarianMatcher()(outputs, targets + targets[:1])
+
+
+def test_nan_predictions_do_not_crash_the_solver():
+    outputs, targets = make_batch(5, sizes=[3])
+    outputs["pred_logits"][0, 0] = float("nan")
+    q, t = HungarianMatcher()(outputs, targets)[0]
+    assert len(q) == 3
