@@ -1,0 +1,167 @@
+"""minidetr.viz headless (Agg): static fallback of the sliders, loss-vs-p plots, metrics.jsonl curves."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from minidetr import losses, viz  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures(monkeypatch):
+    monkeypatch.delenv("MINIDETR_WIDGETS", raising=False)
+    yield
+    plt.close("all")
+
+
+def _write_run(path, n=20, offset=0.0, with_kind=True):
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+        for step in range(n):
+            rec = {"step": step, "epoch": step // 5, "loss": 5.0 / (step + 1) + offset, "loss_ce": 1.0 + offset}
+            rec["loss_bbox"] = 0.5
+            if with_kind:
+                rec["kind"] = "train"
+            f.write(json.dumps(rec) + "\n")
+            if with_kind and step % 5 == 4:
+                f.write(json.dumps({"kind": "eval", "step": step, "epoch": step // 5, "AP": 0.1 * step}) + "\n")
+        f.write('{"step": 99, "loss": ')  # a line cut short by a crash
+    return path
+
+
+def test_live_frontend_false_outside_a_notebook(monkeypatch):
+    assert viz.live_frontend() is False  # pytest: no IPython kernel
+    monkeypatch.setenv("MINIDETR_WIDGETS", "1")
+    assert viz.live_frontend() is True
+    monkeypatch.setenv("MINIDETR_WIDGETS", "0")
+    assert viz.live_frontend() is False
+
+
+def test_interactive_static_draws_once_with_defaults():
+    calls = []
+
+    def plot(alpha=0.25, gamma=2.0, q=0.5, name="a", log=False, fixed=3):
+        calls.append(dict(alpha=alpha, gamma=gamma, q=q, name=name, log=log, fixed=fixed))
+        plt.figure()
+
+    out = viz.interactive(
+        plot,
+        alpha=(0.0, 1.0, 0.05),  # no value: the function's default
+        gamma=(0.0, 5.0, 0.5, 1.0),  # explicit value wins
+        q=(0.0, 1.0),  # default 0.5 from the function, inside the range
+        name=["b", "a", "c"],  # the function's default is an option
+        log=True,
+        fixed=7,
+    )
+    assert out is None
+    assert calls == [dict(alpha=0.25, gamma=1.0, q=0.5, name="a", log=True, fixed=7)]
+    assert len(plt.get_fignums()) == 1
+
+
+def test_interactive_midpoint_and_first_option_without_function_defaults():
+    calls = []
+    viz.interactive(lambda n, k: calls.append((n, k)), n=(0, 10), k=["x", "y"])
+    assert calls == [(5, "x")]
+
+
+def test_interactive_live_mode_builds_widgets(monkeypatch):
+    import ipywidgets
+
+    seen = {}
+
+    def fake_interact(fn, **widgets):
+        seen.update(widgets)
+
+    monkeypatch.setattr(ipywidgets, "interact", fake_interact)
+    viz.interactive(lambda a=0.3, n=2, s="u", b=False: None, static=False, a=(0.0, 1.0), n=(1, 5), s=["t", "u"], b=True)
+    assert isinstance(seen["a"], ipywidgets.FloatSlider) and seen["a"].value == 0.3
+    assert isinstance(seen["n"], ipywidgets.IntSlider) and seen["n"].value == 2
+    assert isinstance(seen["s"], ipywidgets.Dropdown) and seen["s"].value == "u"
+    assert isinstance(seen["b"], ipywidgets.Checkbox) and seen["b"].value is True
+
+
+def test_interactive_rejects_unknown_control():
+    with pytest.raises(TypeError, match="control 'a'"):
+        viz.interactive(lambda a: None, static=True, a={"x": 1})
+
+
+def test_plot_loss_vs_p_draws_loss_and_gradient():
+    ones = lambda x: torch.ones_like(x)  # noqa: E731
+    fig = viz.plot_loss_vs_p(
+        {
+            "BCE, y=1": lambda x: losses.binary_cross_entropy(x, ones(x), "none"),
+            "focal, y=0": lambda x: losses.focal_loss(x, 0 * x),
+        }
+    )
+    ax_loss, ax_grad = fig.axes
+    assert len(ax_loss.lines) == 2
+    p, bce = ax_loss.lines[0].get_data()
+    torch.testing.assert_close(torch.as_tensor(bce), -torch.log(torch.as_tensor(p)))
+    # gradient of BCE(y=1) w.r.t. the logit is p - 1
+    p, g = ax_grad.lines[0].get_data()
+    torch.testing.assert_close(torch.as_tensor(g), torch.as_tensor(p) - 1)
+
+
+def test_ema():
+    assert viz.ema([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
+    assert viz.ema([4.0, 4.0, 4.0], 0.9) == pytest.approx([4.0, 4.0, 4.0])  # debiased: no pull towards 0
+    sm = viz.ema([0.0, 10.0], 0.5)
+    assert sm[1] == pytest.approx(10 * 0.5 / 0.75)
+    with pytest.raises(ValueError, match="smooth"):
+        viz.ema([1.0], 1.0)
+
+
+def test_plot_loss_curves_from_run_folders(tmp_path):
+    a = _write_run(tmp_path / "run_a")
+    b = _write_run(tmp_path / "run_b", offset=1.0)
+    fig = viz.plot_loss_curves({"a": a, "b": b / "metrics.jsonl"}, keys=["loss", "loss_ce"], smooth=0.5, log_y=True)
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "loss_ce"]
+    ax = fig.axes[0]
+    assert len(ax.lines) == 4  # raw (faint) + smoothed, per run
+    xs, ys = ax.lines[0].get_data()
+    assert list(xs) == list(range(20))  # eval records and the broken last line are left out
+    assert ys[0] == pytest.approx(5.0)
+    assert ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+
+
+def test_plot_loss_curves_records_epochs_and_errors(tmp_path):
+    records = [{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(4)]  # no step, no kind
+    fig = viz.plot_loss_curves(records)
+    assert fig.axes[0].get_xlabel() == "epoch"
+    assert len(fig.axes[0].lines) == 1
+    with pytest.raises(ValueError, match="available keys"):
+        viz.plot_loss_curves(records, keys=["loss_mal"])
+    with pytest.raises(FileNotFoundError):
+        viz.plot_loss_curves(tmp_path / "nowhere")
+
+
+def test_metric_keys_losses_first(tmp_path):
+    data = {"r": [{"kind": "train", "step": 1, "lr": 1e-4, "loss_giou": 1.0, "loss": 2.0, "AP": 0.3, "loss_ce": 1.0}]}
+    assert viz.metric_keys(data) == ["loss", "loss_ce", "loss_giou", "AP"]
+
+
+def test_loss_curve_explorer_static(tmp_path):
+    runs = [_write_run(tmp_path / "r1"), _write_run(tmp_path / "r2", with_kind=False)]
+    viz.loss_curve_explorer(runs)
+    assert len(plt.get_fignums()) == 1
+    ax = plt.gcf().axes[0]
+    assert ax.get_title() == "loss" and len(ax.lines) == 2 and ax.get_yscale() == "linear"
+
+
+def test_loss_curve_explorer_live_widgets(tmp_path, monkeypatch):
+    import ipywidgets
+
+    seen = {}
+    monkeypatch.setattr(ipywidgets, "interact", lambda fn, **w: seen.update(w, fn=fn))
+    viz.loss_curve_explorer({"only": _write_run(tmp_path / "r")}, static=False)
+    assert list(seen["key"].options) == ["loss", "loss_bbox", "loss_ce"]
+    assert isinstance(seen["smooth"], ipywidgets.FloatSlider) and isinstance(seen["log_y"], ipywidgets.Checkbox)
+    seen["fn"](key="loss_ce", smooth=0.3, log_y=True)  # what moving the controls does
+    assert plt.gcf().axes[0].get_title() == "loss_ce" and plt.gcf().axes[0].get_yscale() == "log"
