@@ -6,6 +6,7 @@ input, what was expected, what came back, a hint) when it is not.
 """
 
 from ._common import ExerciseNotImplemented, call_learner, passed
+from .evaluation import check_ap_at_iou, check_giou
 from .losses import check_focal_loss, check_mal_loss, check_varifocal_loss
 from .matching import check_brute_force, check_hungarian, check_match_batch, check_matching_cost, check_reduction
 
@@ -18,6 +19,8 @@ __all__ = [
     "check_reduction",
     "check_matching_cost",
     "check_match_batch",
+    "check_giou",
+    "check_ap_at_iou",
     "check_focal_loss",
     "check_varifocal_loss",
     "check_mal_loss",

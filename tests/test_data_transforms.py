@@ -1,0 +1,98 @@
+"""RT-DETR-style transforms, the per-epoch switch, collate_fn and build_dataloader."""
+
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from minidetr.data import CocoDetection, build_dataloader, build_transforms, collate_fn, ensure_shapes
+from minidetr.data.transforms import STRONG_AUGMENTATIONS
+
+
+def _sample(h=90, w=120):
+    image = tv_tensors.Image(torch.randint(0, 255, (3, h, w), dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[10.0, 20, 50, 60], [60, 5, 110, 85]]), format="XYXY",
+                                     canvas_size=(h, w))  # fmt: skip
+    return image, {"boxes": boxes, "labels": torch.tensor([1, 2])}
+
+
+def test_val_is_a_plain_resize():
+    image, target = build_transforms(False, 64)(*_sample())
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    expected = torch.tensor([[10 * 64 / 120, 20 * 64 / 90, 50 * 64 / 120, 60 * 64 / 90],
+                             [60 * 64 / 120, 5 * 64 / 90, 110 * 64 / 120, 85 * 64 / 90]])  # fmt: skip
+    torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), expected)
+    assert target["labels"].tolist() == [1, 2]
+
+
+def test_train_outputs_fixed_square_with_valid_boxes():
+    torch.manual_seed(0)
+    transforms = build_transforms(True, 64, iou_crop_p=1.0, zoom_out_p=1.0)
+    _, plain = build_transforms(False, 64)(*_sample())
+    changed = 0
+    for _ in range(30):
+        image, target = transforms(*_sample())
+        boxes = target["boxes"]
+        assert image.shape == (3, 64, 64)
+        assert len(boxes) == len(target["labels"])
+        assert (boxes[:, 2:] - boxes[:, :2] >= 1).all() and (boxes >= 0).all() and (boxes <= 64).all()
+        changed += boxes.shape != plain["boxes"].shape or not torch.allclose(boxes, plain["boxes"])
+    assert changed > 20  # the geometric augmentations do act
+
+
+def test_stop_epoch_switches_strong_augmentations_off():
+    transforms = build_transforms(True, 64, stop_epoch=3)
+    transforms.set_epoch(2)
+    assert set(STRONG_AUGMENTATIONS) <= set(transforms.active_steps())
+    transforms.set_epoch(3)
+    assert not set(STRONG_AUGMENTATIONS) & set(transforms.active_steps())
+    assert "flip" in transforms.active_steps() and "resize" in transforms.active_steps()
+    # with the strong ones off and no flip, training data equals validation data
+    no_flip = build_transforms(True, 64, stop_epoch=0, flip_p=0.0)
+    torch.manual_seed(1)
+    b, tb = build_transforms(False, 64)(*_sample())
+    torch.manual_seed(1)
+    c, tc = no_flip(*_sample())
+    torch.testing.assert_close(b, c)
+    torch.testing.assert_close(tb["boxes"], tc["boxes"])
+
+
+def test_policy_hook_decides_per_step_and_epoch():
+    seen = []
+
+    def policy(name, epoch):  # e.g. DEIM: zoom out only in even epochs
+        seen.append((name, epoch))
+        return name != "zoom_out" or epoch % 2 == 0
+
+    transforms = build_transforms(True, 64, policy=policy)
+    transforms.set_epoch(1)
+    assert "zoom_out" not in transforms.active_steps() and "iou_crop" in transforms.active_steps()
+    transforms.set_epoch(2)
+    assert "zoom_out" in transforms.active_steps()
+    assert ("photometric", 2) in seen
+
+
+def test_dataset_set_epoch_reaches_transforms(tmp_path):
+    paths = ensure_shapes(tmp_path, num_train=3, num_val=1, seed=0, image_size=96)
+    ds = CocoDetection(paths.train_images, paths.train_ann, build_transforms(True, 64, stop_epoch=5))
+    ds.set_epoch(7)
+    assert ds.transforms.epoch == 7 and "zoom_out" not in ds.transforms.active_steps()
+
+
+def test_collate_fn_stacks_images_and_keeps_targets():
+    batch = [(torch.rand(3, 8, 8), {"labels": torch.tensor([i])}) for i in range(3)]
+    images, targets = collate_fn(batch)
+    assert images.shape == (3, 3, 8, 8) and [t["labels"].item() for t in targets] == [0, 1, 2]
+    torch.testing.assert_close(images[1], batch[1][0])
+    with pytest.raises(ValueError, match="share one size"):
+        collate_fn([(torch.rand(3, 8, 8), {}), (torch.rand(3, 8, 9), {})])
+
+
+def test_build_dataloader_batches_and_is_seeded(tmp_path):
+    paths = ensure_shapes(tmp_path, num_train=7, num_val=2, seed=0, image_size=96)
+    ds = CocoDetection(paths.train_images, paths.train_ann, build_transforms(False, 64))
+    order = [[t["image_id"] for _, ts in build_dataloader(ds, 3, train=True, seed=s) for t in ts] for s in (0, 0, 1)]
+    assert order[0] == order[1] != order[2]
+    assert len(order[0]) == 6  # train drops the last partial batch
+    val = list(build_dataloader(ds, 3, train=False))
+    assert [len(ts) for _, ts in val] == [3, 3, 1] and val[0][0].shape == (3, 3, 64, 64)
+    assert [t["image_id"] for _, ts in val for t in ts] == list(range(1, 8))
