@@ -1,0 +1,169 @@
+"""DETR's set criterion: match each decoder layer's predictions to the targets, then score the pairs.
+
+For every layer (the last one and each ``aux_outputs`` entry) the Hungarian matcher assigns at most one
+query to each target. Then:
+
+- classification over all Q queries: matched queries should predict their target's class, the others
+  "no object". ``"ce"``: softmax CE with the no-object class weighted ``eos_coef`` (DETR); ``"focal"``,
+  ``"vfl"``, ``"mal"``: sigmoid losses from ``minidetr.losses`` on the one-hot target (an all-zero row is
+  "no object"), VFL and MAL with the matched pair's IoU (detached) as the soft target;
+- ``loss_bbox``: L1 between matched normalised cxcywh boxes; ``loss_giou``: ``1 - GIoU`` of matched boxes.
+
+Box losses (and the sigmoid classification losses) are sums divided by ``num_boxes``, the number of target
+boxes in the batch averaged over processes, so every target weighs the same whatever the batch layout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
+from .losses import CLASSIFICATION_LOSS_DEFAULTS, classification_loss, softmax_cross_entropy
+from .matching import HungarianMatcher
+
+__all__ = ["SetCriterion", "build_criterion", "box_losses", "num_boxes_across_processes"]
+
+LOSS_CLASSES = ("ce", "focal", "vfl", "mal")
+
+
+def box_losses(pred_boxes: Tensor, target_boxes: Tensor, num_boxes: float) -> dict[str, Tensor]:
+    """L1 and GIoU losses of matched pairs: ``pred_boxes``, ``target_boxes`` ``[N, 4]`` normalised cxcywh.
+
+    Returns ``{"loss_bbox": sum |pred - target| / num_boxes, "loss_giou": sum (1 - GIoU) / num_boxes}``.
+    """
+    loss_bbox = F.l1_loss(pred_boxes, target_boxes, reduction="none").sum() / num_boxes
+    giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes))
+    return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
+
+
+def num_boxes_across_processes(targets: list[dict[str, Tensor]], device: torch.device) -> float:
+    """Targets in the batch, summed over processes (when distributed) and divided by their number, >= 1."""
+    num = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num)
+        world = dist.get_world_size()
+    return max(num.item() / world, 1.0)
+
+
+class SetCriterion(nn.Module):
+    """Hungarian matching plus DETR's losses, for the final layer and every auxiliary layer.
+
+    ``criterion(outputs, targets)`` returns UNWEIGHTED losses named ``loss_<class method>``, ``loss_bbox``,
+    ``loss_giou`` and, for ``aux_outputs[i]``, the same names with the suffix ``_{i}``. The total is
+    ``sum(criterion.weight_dict[k] * losses[k])``: ``weight_dict`` holds the suffixed names of
+    ``num_aux_layers`` layers from the start, and grows if the model returns more.
+
+    ``weight_dict=None``, ``alpha=None``, ``gamma=None`` take the method's recipe from
+    ``minidetr.losses.CLASSIFICATION_LOSS_DEFAULTS`` (DETR: CE 1, L1 5, GIoU 2; DEIM: MAL 1, L1 5, GIoU 2,
+    gamma 1.5).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: nn.Module,
+        weight_dict: dict[str, float] | None = None,
+        loss_class: str = "ce",
+        eos_coef: float = 0.1,
+        alpha: float | None = None,
+        gamma: float | None = None,
+        num_aux_layers: int = 0,
+    ):
+        super().__init__()
+        if loss_class not in LOSS_CLASSES:
+            raise ValueError(f"loss_class={loss_class!r}; choose one of {LOSS_CLASSES}")
+        defaults = CLASSIFICATION_LOSS_DEFAULTS[loss_class]
+        self.num_classes, self.matcher, self.loss_class = num_classes, matcher, loss_class
+        self.eos_coef = eos_coef
+        self.alpha = defaults["alpha"] if alpha is None else alpha
+        self.gamma = defaults["gamma"] if gamma is None else gamma
+        base = dict(defaults["weight_dict"] if weight_dict is None else weight_dict)
+        self.class_loss_name = f"loss_{loss_class}"
+        expected = {self.class_loss_name, "loss_bbox", "loss_giou"}
+        if not expected <= set(base):
+            raise ValueError(f"weight_dict needs weights for {sorted(expected)}, got {sorted(base)}")
+        self.base_weight_dict = {k: base[k] for k in sorted(expected)}
+        self.weight_dict = dict(self.base_weight_dict)
+        self._add_aux_weights(num_aux_layers)
+
+    def _add_aux_weights(self, num_aux_layers: int) -> None:
+        for i in range(num_aux_layers):
+            for k, w in self.base_weight_dict.items():
+                self.weight_dict.setdefault(f"{k}_{i}", w)
+
+    def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``outputs``: ``pred_logits [B, Q, K(+1)]``, ``pred_boxes [B, Q, 4]``, optional ``aux_outputs``;
+        ``targets``: B dicts with ``labels [T_b]`` and ``boxes [T_b, 4]`` (normalised cxcywh)."""
+        num_boxes = num_boxes_across_processes(targets, outputs["pred_boxes"].device)
+        losses = self.layer_losses(outputs, targets, num_boxes)
+        aux = outputs.get("aux_outputs", [])
+        self._add_aux_weights(len(aux))
+        for i, aux_out in enumerate(aux):
+            losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux_out, targets, num_boxes).items()})
+        return losses
+
+    def total(self, losses: dict[str, Tensor]) -> Tensor:
+        """``sum(weight_dict[k] * losses[k])`` over the losses that have a weight."""
+        return sum(self.weight_dict[k] * v for k, v in losses.items() if k in self.weight_dict)
+
+    def layer_losses(self, outputs: dict, targets: list[dict[str, Tensor]], num_boxes: float) -> dict[str, Tensor]:
+        """The three losses of one decoder layer's predictions."""
+        logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K[+1]), (B, Q, 4)
+        expected_k = self.num_classes + (1 if self.loss_class == "ce" else 0)
+        if logits.shape[-1] != expected_k:
+            raise ValueError(
+                f"loss_class={self.loss_class!r} with num_classes={self.num_classes} needs pred_logits with "
+                f"{expected_k} logits, got {logits.shape[-1]}; build the model with use_focal="
+                f"{self.loss_class != 'ce'}"
+            )
+        indices = self.matcher({"pred_logits": logits, "pred_boxes": pred_boxes}, targets)
+        # Flatten the matches of the batch: matched query q of image b predicts target boxes[b][t].
+        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(logits.device)
+        query_idx = torch.cat([q for q, _ in indices]).to(logits.device)
+        pairs = list(zip(targets, indices, strict=True))
+        matched_labels = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in pairs])
+        matched_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in pairs])
+        matched_labels, matched_boxes = matched_labels.to(logits.device), matched_boxes.to(pred_boxes)
+        src_boxes = pred_boxes[batch_idx, query_idx]  # (N, 4), N matched pairs in the batch
+
+        losses = box_losses(src_boxes, matched_boxes, num_boxes)
+        if self.loss_class == "ce":
+            target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
+            target_classes[batch_idx, query_idx] = matched_labels
+            losses[self.class_loss_name] = softmax_cross_entropy(logits, target_classes, self.eos_coef)
+        else:
+            onehot = torch.zeros_like(logits)
+            onehot[batch_idx, query_idx, matched_labels] = 1.0
+            quality = None
+            if self.loss_class in ("vfl", "mal"):
+                with torch.no_grad():  # the IoU is a target, not a path for gradients
+                    iou = paired_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(matched_boxes))
+                quality = torch.zeros_like(logits)
+                quality[batch_idx, query_idx, matched_labels] = iou.to(logits.dtype)
+            loss = classification_loss(
+                self.loss_class, logits, onehot, quality, alpha=self.alpha, gamma=self.gamma, reduction="sum"
+            )
+            losses[self.class_loss_name] = loss / num_boxes
+        return losses
+
+
+def build_criterion(
+    num_classes: int,
+    loss_class: str = "ce",
+    weight_dict: dict[str, float] | None = None,
+    num_aux_layers: int = 0,
+    **kwargs,
+) -> SetCriterion:
+    """A ``SetCriterion`` with its recipe's matcher (``CLASSIFICATION_LOSS_DEFAULTS[loss_class]["matcher"]``).
+
+    For a model from ``ModelConfig`` ``cfg``: ``build_criterion(cfg.num_classes, loss_class,
+    num_aux_layers=cfg.dec_layers - 1 if cfg.aux_loss else 0)``; ``use_focal`` must be ``loss_class != "ce"``.
+    """
+    if loss_class not in LOSS_CLASSES:
+        raise ValueError(f"loss_class={loss_class!r}; choose one of {LOSS_CLASSES}")
+    matcher = HungarianMatcher(**CLASSIFICATION_LOSS_DEFAULTS[loss_class]["matcher"])
+    return SetCriterion(num_classes, matcher, weight_dict, loss_class, num_aux_layers=num_aux_layers, **kwargs)

@@ -1,0 +1,151 @@
+"""Backbones: a feature map ``[B, C, H/s, W/s]`` from images ``[B, 3, H, W]`` in [0, 1].
+
+- ``ResNetBackbone``: torchvision's ResNet-18/50 with frozen BatchNorm (statistics and affine terms are
+  buffers: detection batches are too small to re-estimate them) and the stem and first stage frozen, as
+  in DETR. ImageNet weights come from torchvision's weights API, or from a local file.
+- ``TinyBackbone``: four strided conv blocks (stride 16) for CPU presets, trained from scratch.
+
+Both take [0, 1] RGB; the ResNet applies ImageNet mean/std itself, since its weights expect that input.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision import models
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+__all__ = ["TinyBackbone", "ResNetBackbone", "build_backbone", "load_imagenet_state_dict"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_RESNETS = {
+    # name: (constructor, torchvision weights enum, output channels)
+    "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, 512),
+    "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
+}
+DOWNLOAD_TIMEOUT_S = 30.0  # a blocked network fails within this, instead of hanging a training run
+
+
+class TinyBackbone(nn.Module):
+    """Four blocks of (3x3 conv stride 2, GroupNorm, ReLU, 3x3 conv, GroupNorm, ReLU): stride 16.
+
+    Channels ``width, 2*width, 4*width, 8*width``. GroupNorm, not BatchNorm: its output does not depend on
+    the batch, so tiny CPU batches and evaluation behave like training.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        blocks, in_ch = [], 3
+        for i in range(4):
+            out_ch = width * 2**i
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
+                    nn.GroupNorm(8, out_ch),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+                    nn.GroupNorm(8, out_ch),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            in_ch = out_ch
+        self.body = nn.Sequential(*blocks)
+        self.num_channels, self.stride = in_ch, 16
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> ``[B, 8*width, H/16, W/16]``."""
+        return self.body(images * 2 - 1)  # centre the input around 0, no dataset statistics needed
+
+
+def load_imagenet_state_dict(name: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet state dict for ``name``, from the torch hub cache or downloaded.
+
+    Raises ``RuntimeError`` with the way out (a local ``backbone_weights`` file) when it cannot be had.
+    """
+    weights = _RESNETS[name][1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if cached.is_file():  # no network needed
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib otherwise waits forever on a silent network
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as err:
+        raise RuntimeError(
+            f"could not download the ImageNet weights of {name} from {weights.url} ({type(err).__name__}: {err}). "
+            f"Either download that file on a machine with network access and pass it as a local file, "
+            f"e.g. ModelConfig(backbone_weights='/path/to/{os.path.basename(weights.url)}') "
+            f"(CLI: model.backbone_weights=/path/to/file), or copy it into the torch hub cache {cached.parent} "
+            f"(set TORCH_HOME to move that cache), or build without them: pretrained_backbone=False."
+        ) from err
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet up to its last stage (stride 32) with FrozenBatchNorm2d.
+
+    ``weights``: ``"imagenet"`` (torchvision's IMAGENET1K_V1), a path to a state-dict file (a torchvision
+    checkpoint, or one saved from ``resnet.state_dict()``; the ``fc`` keys are optional), or ``None``
+    (random init).
+    """
+
+    def __init__(self, name: str = "resnet50", weights: str | os.PathLike | None = None):
+        super().__init__()
+        if name not in _RESNETS:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(_RESNETS)}")
+        build, _, channels = _RESNETS[name]
+        net = build(weights=None, norm_layer=FrozenBatchNorm2d)
+        if weights is not None:
+            state = load_imagenet_state_dict(name) if weights == "imagenet" else _load_local(weights, name)
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError as err:  # shape mismatch: most likely the weights of another network
+                raise RuntimeError(f"backbone weights {weights} do not fit torchvision's {name}: {err}") from err
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise RuntimeError(
+                    f"backbone weights {weights} do not fit torchvision's {name}: "
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
+        # Everything but the pooling and classifier; DETR uses the last stage's map only.
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
+        # Stem and first stage stay frozen (DETR): generic edges transfer, and it saves memory.
+        for module in list(self.body)[:5]:
+            module.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.num_channels, self.stride = channels, 32
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> ``[B, C, H/32, W/32]`` (C = 2048 for ResNet-50, 512 for ResNet-18)."""
+        return self.body((images - self.mean) / self.std)
+
+
+def _load_local(path: str | os.PathLike, name: str) -> dict[str, Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone_weights={str(path)!r} does not exist; give a {name} state-dict file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a training checkpoint that wraps the weights
+    return state
+
+
+def build_backbone(
+    name: str, pretrained: bool = False, weights_path: str | None = None, tiny_width: int = 32
+) -> nn.Module:
+    """``"tiny"`` (always random init) or a ResNet: random init unless ``pretrained``; pretrained weights
+    come from the local ``weights_path`` when given, else from torchvision (cache or download)."""
+    if name == "tiny":
+        return TinyBackbone(tiny_width)
+    weights = (weights_path or "imagenet") if pretrained else None
+    return ResNetBackbone(name, weights)

@@ -1,0 +1,74 @@
+"""minidetr.checks.models: a correct answer passes, wrong answers and stubs fail with a useful message."""
+
+import math
+
+import pytest
+import torch
+from torchvision.ops import generalized_box_iou
+
+from minidetr.boxes import box_cxcywh_to_xyxy
+from minidetr.checks import ExerciseNotImplemented
+from minidetr.checks.models import check_box_losses, check_sine_position_encoding
+
+
+def sine_from_scratch(height, width, dim, swap=False, cos_freq_shift=False):
+    half = dim // 2
+    y = torch.arange(1, height + 1).float() / (height + 1e-6) * 2 * math.pi
+    x = torch.arange(1, width + 1).float() / (width + 1e-6) * 2 * math.pi
+    out = torch.zeros(dim, height, width)
+    for c in range(half):
+        k = c // 2 + (1 if cos_freq_shift and c % 2 else 0)
+        freq = 10000 ** (2 * k / half)
+        f = torch.sin if c % 2 == 0 else torch.cos
+        out[c] = f(y / freq)[:, None].expand(height, width)
+        out[half + c] = f(x / freq)[None, :].expand(height, width)
+    return torch.cat([out[half:], out[:half]]) if swap else out
+
+
+def stub(*args):
+    raise NotImplementedError()
+
+
+def test_sine_check_passes_a_correct_answer(capsys):
+    check_sine_position_encoding(sine_from_scratch)
+    assert "✅" in capsys.readouterr().out
+
+
+def test_sine_check_rejects_stub_and_wrong_answers():
+    with pytest.raises(ExerciseNotImplemented, match="not implemented"):
+        check_sine_position_encoding(stub)
+    with pytest.raises(AssertionError, match="swapped"):
+        check_sine_position_encoding(lambda h, w, d: sine_from_scratch(h, w, d, swap=True))
+    with pytest.raises(AssertionError, match="SAME frequency"):
+        check_sine_position_encoding(lambda h, w, d: sine_from_scratch(h, w, d, cos_freq_shift=True))
+    with pytest.raises(AssertionError, match="shape"):
+        check_sine_position_encoding(lambda h, w, d: sine_from_scratch(h, w, d).permute(1, 2, 0))
+    with pytest.raises(AssertionError, match="count from 1"):  # positions from 0
+        check_sine_position_encoding(lambda h, w, d: sine_from_scratch(h + 1, w + 1, d)[:, :h, :w] * 0 + 0.5)
+
+
+def box_losses_from_scratch(pred, target, num_boxes, mean=False, giou_sign=1):
+    l1 = (pred - target).abs().sum() / num_boxes
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target)).diagonal()
+    loss_giou = (1 - giou_sign * giou).sum() / num_boxes
+    if mean:
+        l1 = (pred - target).abs().mean()
+    return {"loss_bbox": l1, "loss_giou": loss_giou}
+
+
+def test_box_losses_check_passes_a_correct_answer(capsys):
+    check_box_losses(box_losses_from_scratch)
+    assert "✅" in capsys.readouterr().out
+
+
+def test_box_losses_check_rejects_stub_and_wrong_answers():
+    with pytest.raises(ExerciseNotImplemented):
+        check_box_losses(stub)
+    with pytest.raises(AssertionError, match="loss_bbox.*num_boxes"):
+        check_box_losses(lambda p, t, n: box_losses_from_scratch(p, t, n, mean=True))
+    with pytest.raises(AssertionError, match="loss_giou"):
+        check_box_losses(lambda p, t, n: box_losses_from_scratch(p, t, n, giou_sign=-1))
+    with pytest.raises(AssertionError, match="gradient"):
+        check_box_losses(lambda p, t, n: {k: v.detach() for k, v in box_losses_from_scratch(p, t, n).items()})
+    with pytest.raises(AssertionError, match="needs 'loss_bbox'"):
+        check_box_losses(lambda p, t, n: {"l1": 0.0})
