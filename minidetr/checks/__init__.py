@@ -6,9 +6,11 @@ input, what was expected, what came back, a hint) when it is not.
 """
 
 from ._common import ExerciseNotImplemented, call_learner, passed
+from .deformable import check_sample_level
 from .evaluation import check_ap_at_iou, check_giou
 from .losses import check_focal_loss, check_mal_loss, check_varifocal_loss
 from .matching import check_brute_force, check_hungarian, check_match_batch, check_matching_cost, check_reduction
+from .models import check_box_losses, check_sine_position_encoding
 
 __all__ = [
     "ExerciseNotImplemented",
@@ -21,6 +23,9 @@ __all__ = [
     "check_match_batch",
     "check_giou",
     "check_ap_at_iou",
+    "check_sine_position_encoding",
+    "check_box_losses",
+    "check_sample_level",
     "check_focal_loss",
     "check_varifocal_loss",
     "check_mal_loss",

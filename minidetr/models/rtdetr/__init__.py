@@ -1,0 +1,34 @@
+"""RT-DETRv2 and DEIM-RT-DETRv2: ResNet-vd backbone, hybrid encoder, deformable decoder, contrastive denoising."""
+
+from .decoder import MLP, DecoderLayer, RTDETRDecoder, generate_anchors
+from .deformable import MSDeformableAttention, deformable_attention_core, sample_level
+from .denoising import build_denoising_queries, denoising_attention_mask, dn_matched_indices, inverse_sigmoid
+from .hybrid_encoder import AIFI, CSPRepLayer, HybridEncoder, RepVggBlock, sincos_position_embedding_2d
+from .model import RTDETR, RTDETR_MODEL_PRESETS, RTDETRConfig, build_rtdetr
+from .presnet import PResNet, TorchvisionResNet, freeze_batch_norm
+
+__all__ = [
+    "AIFI",
+    "CSPRepLayer",
+    "DecoderLayer",
+    "HybridEncoder",
+    "MLP",
+    "MSDeformableAttention",
+    "PResNet",
+    "RTDETR",
+    "RTDETRConfig",
+    "RTDETRDecoder",
+    "RTDETR_MODEL_PRESETS",
+    "RepVggBlock",
+    "TorchvisionResNet",
+    "build_denoising_queries",
+    "build_rtdetr",
+    "deformable_attention_core",
+    "denoising_attention_mask",
+    "dn_matched_indices",
+    "freeze_batch_norm",
+    "generate_anchors",
+    "inverse_sigmoid",
+    "sample_level",
+    "sincos_position_embedding_2d",
+]
