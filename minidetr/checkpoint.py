@@ -1,0 +1,112 @@
+"""Checkpoints that survive interruptions, and the random state a resumed run needs.
+
+A checkpoint is one ``torch.save`` dict: ``model``, ``optimizer``, ``lr_scheduler`` state dicts, ``epoch``
+(the last finished epoch, 0-based), ``step`` (optimisation steps so far), ``config`` (the resolved
+``TrainConfig`` as a dict), ``rng`` (Python, NumPy, torch and CUDA generators) and whatever else the
+caller adds (``class_names``, later ``ema`` and ``scaler``). It holds tensors and plain Python values
+only, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint cannot run code.
+
+Writing goes to a temporary file in the same folder, which is flushed to disk and then renamed over the
+target with ``os.replace`` (atomic on POSIX and Windows): a crash mid-write leaves the previous
+checkpoint intact, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "unwrap_model"]
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder as the target: os.replace is only atomic within one file system.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp_name, path)
+    except BaseException:  # also KeyboardInterrupt: never leave the temp file behind
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; clear errors for missing or unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass the checkpoint.pth of a run folder")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickled code objects, not a torch file at all
+        raise RuntimeError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise RuntimeError(f"{str(path)!r} is not a minidetr checkpoint (no 'model' entry)")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every generator a training step draws from, as tensors and plain values (``weights_only`` safe)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng_state`` (CUDA states are restored only when the device count matches)."""
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def _as_tuple(x: Any) -> Any:
+    # random.setstate needs tuples all the way down; some loaders hand lists back.
+    return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside DistributedDataParallel / torch.compile wrappers (what checkpoints store)."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

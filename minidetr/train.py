@@ -1,0 +1,313 @@
+"""Train a detector: ``fit()`` for notebooks and tests, ``python -m minidetr.train`` for the shell.
+
+``python -m minidetr.train`` with no argument trains the default preset (``detr_shapes``: a tiny DETR on
+the synthetic shapes dataset, CPU, minutes) and ends with the COCO AP table. A run folder holds
+``config.json`` (the resolved config), ``metrics.jsonl`` (see ``minidetr.logs``), ``checkpoint.pth``
+(written atomically after every epoch; ``--resume`` continues from it) and ``detections_epochN.json``
+(COCO results with the dataset's own image and category ids, from each evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import engine
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
+from .config import (
+    DEFAULT_PRESET,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    format_config,
+    get_preset,
+    preset_descriptions,
+    save_config,
+)
+from .data import DatasetError, build_dataloader
+from .engine import DataPaths, build_criterion, build_datasets, resolve_data, resolve_device, seed_everything
+from .evaluation import CocoEvaluator, PostProcess, format_table
+from .logs import MetricsLogger, is_main_process, truncate_metrics
+from .models import build_model
+
+__all__ = [
+    "DataPaths",
+    "resolve_device",
+    "seed_everything",
+    "resolve_data",
+    "build_datasets",
+    "build_criterion",
+    "fit",
+    "CHECKPOINT_NAME",
+]
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+
+def _say(message: str, verbose: bool) -> None:
+    if verbose and is_main_process():
+        tqdm.write(message)
+
+
+def fit(
+    cfg: TrainConfig,
+    output_dir: str | Path,
+    data: Any = None,
+    device: str | torch.device = "cpu",
+    resume: str | Path | None = None,
+    progress: bool = True,
+    verbose: bool | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` into ``output_dir``; returns the last evaluation's COCO stats (``AP``, ``AP50``, ...)
+    plus ``epoch``, ``step``, ``time_s`` and ``output_dir``.
+
+    ``data``: optional dataset paths (e.g. a ``ShapesPaths``) instead of ``cfg.data``. ``resume``: a
+    checkpoint to continue from (model, optimiser, lr schedule, epoch, random state, loader order);
+    the run then goes on to ``cfg.epochs``. ``progress``: tqdm bars; ``verbose`` (default: ``progress``): print
+    the resolved config, a line per epoch and the final AP table. Only the main process prints.
+    """
+
+    start_time = time.perf_counter()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model), data=dataclasses.replace(cfg.data))
+    device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
+
+    paths = resolve_data(cfg, data)
+    train_set, val_set = build_datasets(cfg, paths)
+    cfg.model.num_classes = train_set.num_classes  # the dataset decides K (contiguous labels 0..K-1)
+    cfg.validate()
+    if state is not None:
+        _check_compatible(config_from_dict(state["config"]), cfg, resume)
+    if is_main_process():
+        save_config(cfg, out / "config.json")
+    verbose = progress if verbose is None else verbose
+    _say(f"resolved config ({out / 'config.json'}):\n{format_config(cfg)}", verbose)
+
+    seed_everything(cfg.seed)
+    train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed)
+    val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+    model = build_model(cfg.model).to(device)
+    criterion = build_criterion(cfg).to(device)
+    groups = engine.param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = engine.LRSchedule(
+        cfg.lr_schedule, len(train_loader), cfg.epochs, cfg.warmup_steps, cfg.lr_drop, cfg.lr_gamma
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    postprocess = PostProcess(use_focal=cfg.model.use_focal, num_top_queries=cfg.num_top_queries)
+
+    start_epoch, step = 0, 0
+    if state is not None:
+        unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        # The step count comes from the checkpoint, the schedule's shape from the current config (so that
+        # --resume --epochs N can extend a run): LambdaLR skips lr_lambdas entries that are None.
+        scheduler.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        restore_rng_state(state["rng"])
+        train_loader.generator.set_state(state["loader_generator"])
+        truncate_metrics(out / "metrics.jsonl", state["epoch"])
+        _say(f"resumed from {resume} (epoch {start_epoch}/{cfg.epochs} done, step {step})", verbose)
+
+    stats: dict[str, Any] = {}
+    with MetricsLogger(out / "metrics.jsonl", append=state is not None) as logger:
+        for epoch in range(start_epoch, cfg.epochs):
+            train_set.set_epoch(epoch)  # augmentation policies switch by epoch (RT-DETR's stop_epoch)
+            if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
+                train_loader.sampler.set_epoch(epoch)
+            step, means = engine.train_one_epoch(
+                model,
+                criterion,
+                train_loader,
+                optimizer,
+                scheduler,
+                device,
+                epoch,
+                step=step,
+                clip_max_norm=cfg.clip_max_norm,
+                logger=logger,
+                log_every=cfg.log_every,
+                progress=progress,
+            )
+            last = epoch == cfg.epochs - 1
+            if last or (epoch + 1) % cfg.eval_every == 0:
+                detections = out / f"detections_epoch{epoch}.json"
+                stats = _evaluate(model, postprocess, val_loader, val_set, cfg, device, detections, progress)
+                logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **stats)
+                stats["epoch"] = epoch
+            if is_main_process():
+                save_checkpoint(
+                    {
+                        "model": unwrap_model(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "lr_scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "config": config_to_dict(cfg),
+                        "rng": capture_rng_state(),
+                        "loader_generator": train_loader.generator.get_state(),
+                        "class_names": list(train_set.class_names),
+                        "label_to_category_id": list(train_set.label_to_category_id),
+                    },
+                    out / CHECKPOINT_NAME,
+                )
+            ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats and stats.get("epoch") == epoch else ""
+            _say(
+                f"epoch {epoch + 1}/{cfg.epochs}  loss {means.get('loss', float('nan')):.4f}{ap}  "
+                f"({time.perf_counter() - start_time:.0f} s)",
+                verbose,
+            )
+
+    if not stats:  # resumed a finished run: evaluate what the checkpoint holds
+        stats = _evaluate(
+            model,
+            postprocess,
+            val_loader,
+            val_set,
+            cfg,
+            device,
+            out / f"detections_epoch{start_epoch - 1}.json",
+            progress,
+        )
+        stats["epoch"] = start_epoch - 1
+    stats = {**stats, "step": step, "time_s": time.perf_counter() - start_time, "output_dir": str(out)}
+    _say(f"\nCOCO evaluation on {paths.val_ann} after {cfg.epochs} epochs:\n{format_table(stats)}", verbose)
+    return stats
+
+
+def _evaluate(
+    model, postprocess, loader, dataset, cfg: TrainConfig, device, detections_path: Path, progress: bool
+) -> dict[str, Any]:
+    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category_id, backend=cfg.eval_backend)
+    engine.evaluate(model, postprocess, loader, evaluator, device, progress=progress)
+    if is_main_process():
+        evaluator.write_results(detections_path)
+    return evaluator.summarize()
+
+
+def _check_compatible(saved: TrainConfig, cfg: TrainConfig, resume: Any) -> None:
+    """A checkpoint's weights only load into the same architecture; say which fields differ."""
+    a, b = dataclasses.asdict(saved.model), dataclasses.asdict(cfg.model)
+    diff = [
+        f"model.{k}: checkpoint {a[k]!r} vs now {b[k]!r}"
+        for k in a
+        if a[k] != b.get(k) and k not in ("pretrained_backbone", "backbone_weights")
+    ]
+    if diff:
+        raise ConfigError(f"cannot resume from {resume}: the model differs ({'; '.join(diff)})")
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m minidetr.train",
+        description=f"Train a DETR-style detector. With no argument: preset {DEFAULT_PRESET} on the synthetic "
+        "shapes dataset (generated once, cached), ending with the COCO AP table.",
+    )
+    p.add_argument("--preset", help=f"training preset (default {DEFAULT_PRESET}; see --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets with their descriptions and exit")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields, e.g. --set epochs=3 model.hidden_dim=64 data.image_size=96",
+    )
+    g = p.add_argument_group("data (default: the synthetic shapes dataset)")
+    g.add_argument("--data", metavar="ROOT", help="COCO 2017 folder (train2017/, val2017/, annotations/)")
+    g.add_argument("--train-images", metavar="DIR")
+    g.add_argument("--train-ann", metavar="FILE")
+    g.add_argument("--val-images", metavar="DIR")
+    g.add_argument("--val-ann", metavar="FILE")
+    p.add_argument("--epochs", type=_positive(int), help="number of epochs")
+    p.add_argument("--batch-size", type=_positive(int), help="images per step (per process)")
+    p.add_argument("--lr", type=_positive(float), help="learning rate of the transformer and heads")
+    p.add_argument("--output", metavar="DIR", help="run folder (default runs/PRESET, or the resumed checkpoint's)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth (its config unless --preset)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=_positive(int, allow_zero=True))
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (the config, epoch lines and AP table still print)"
+    )
+    return p
+
+
+def _positive(tp, allow_zero: bool = False):
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {tp.__name__}") from None
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'>= 0' if allow_zero else '> 0'}")
+        return value
+
+    parse.__name__ = tp.__name__
+    return parse
+
+
+def config_from_args(args, parser) -> TrainConfig:
+    """The run's config: preset (or the resumed checkpoint's config), then --set, then explicit flags."""
+    if args.resume and args.preset is None:
+        cfg = config_from_dict(load_checkpoint(args.resume)["config"])
+    else:
+        cfg = get_preset(args.preset or DEFAULT_PRESET)
+    apply_overrides(cfg, args.overrides)
+    files = {k: getattr(args, k) for k in ("train_images", "train_ann", "val_images", "val_ann")}
+    if args.data and any(files.values()):
+        parser.error("give either --data ROOT or the four --train-images/--train-ann/--val-images/--val-ann")
+    if args.data:
+        cfg.data.source, cfg.data.root = "coco", args.data
+    elif any(files.values()):
+        missing = ["--" + k.replace("_", "-") for k, v in files.items() if not v]
+        if missing:
+            parser.error(f"a COCO-format dataset needs all four paths; missing {' '.join(missing)}")
+        cfg.data.source = "files"
+        for k, v in files.items():
+            setattr(cfg.data, k, v)
+    for flag, key in (
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("seed", "seed"),
+        ("num_workers", "num_workers"),
+    ):
+        if getattr(args, flag) is not None:
+            setattr(cfg, key, getattr(args, flag))
+    return cfg.validate()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        width = max(map(len, preset_descriptions()))
+        print("\n".join(f"{name:<{width}}  {desc}" for name, desc in preset_descriptions().items()))
+        return None
+    try:
+        cfg = config_from_args(args, parser)
+        device = resolve_device(args.device)
+        output = args.output or (str(Path(args.resume).parent) if args.resume else f"runs/{cfg.preset}")
+        return fit(cfg, output, device=device, resume=args.resume, progress=not args.no_progress, verbose=True)
+    except (ConfigError, DatasetError, FileNotFoundError) as e:  # user errors: one line, no traceback
+        parser.error(str(e))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""minidetr.config: presets, checked overrides, validation and (de)serialisation."""
+
+import dataclasses
+import json
+
+import pytest
+
+from minidetr.config import (
+    DEFAULT_PRESET,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    get_preset,
+    preset_descriptions,
+)
+from minidetr.models import ModelConfig
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid_and_described(name):
+    cfg = get_preset(name)
+    assert isinstance(cfg, TrainConfig) and isinstance(cfg.model, ModelConfig)
+    assert cfg.preset == name
+    if cfg.data.source == "coco":  # the COCO folder comes from --data at launch
+        cfg.data.root = "/data/coco"
+    cfg.validate()
+    desc = preset_descriptions()[name]
+    assert desc and "\n" not in desc
+    assert get_preset(name) is not get_preset(name)  # fresh objects: overriding one never leaks into the next
+
+
+def test_required_presets_exist_and_default_is_cpu_shapes():
+    assert {"detr_shapes", "detr_r50"} <= set(PRESETS)
+    assert DEFAULT_PRESET == "detr_shapes"
+    cfg = get_preset(DEFAULT_PRESET)
+    assert cfg.data.source == "shapes" and cfg.model.backbone == "tiny"
+
+
+def test_detr_r50_is_the_papers_recipe():
+    cfg = get_preset("detr_r50")
+    assert (cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.clip_max_norm) == (1e-4, 1e-5, 1e-4, 0.1)
+    assert (cfg.epochs, cfg.lr_drop, cfg.lr_gamma, cfg.lr_schedule) == (500, 400, 0.1, "step")
+    assert cfg.batch_size * 16 == 64  # 4 images per GPU on 16 GPUs
+    m = cfg.model
+    assert (m.backbone, m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers) == ("resnet50", 256, 8, 6, 6)
+    assert (m.dim_feedforward, m.dropout, m.num_queries, m.aux_loss) == (2048, 0.1, 100, True)
+    assert (cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, cfg.eos_coef) == (1.0, 5.0, 2.0, 0.1)
+    assert cfg.data.source == "coco"
+
+
+def test_unknown_preset_names_value_and_lists_presets():
+    with pytest.raises(ConfigError) as e:
+        get_preset("nope")
+    assert "'nope'" in str(e.value) and all(name in str(e.value) for name in PRESETS)
+
+
+def test_overrides_parse_each_type():
+    cfg = apply_overrides(
+        get_preset("detr_shapes"),
+        [
+            "epochs=3",
+            "lr=2.5e-4",
+            "model.hidden_dim=64",
+            "model.aux_loss=false",
+            "lr_schedule=cosine",
+            "data.stop_epoch=none",
+            "data.root=/data/coco",
+            "clip_max_norm=1",
+            "data.augment=YES",
+        ],
+    )
+    assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+    assert cfg.lr == 2.5e-4
+    assert cfg.model.hidden_dim == 64 and cfg.model.aux_loss is False
+    assert cfg.lr_schedule == "cosine" and cfg.data.stop_epoch is None and cfg.data.root == "/data/coco"
+    assert cfg.clip_max_norm == 1.0 and isinstance(cfg.clip_max_norm, float)  # an int is a valid float
+    assert cfg.data.augment is True
+    assert apply_overrides(cfg, ["data.stop_epoch=7"]).data.stop_epoch == 7
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("epochs=ten", ["epochs", "int", "'ten'"]),
+        ("lr=fast", ["lr", "float", "'fast'"]),
+        ("model.aux_loss=maybe", ["model.aux_loss", "bool", "'maybe'"]),
+        ("lr_schedule=linear", ["lr_schedule", "'linear'", "step", "cosine"]),
+        ("epoch=3", ["'epoch'", "epochs"]),  # a typo: the message lists the valid keys
+        ("model.hidden=64", ["'model.hidden'", "hidden_dim"]),
+        ("modle.hidden_dim=64", ["'modle'", "model", "data"]),
+        ("model=3", ["'model'"]),  # a section is not a value
+        ("epochs", ["key=value"]),
+        ("data.image_size=", ["data.image_size", "int"]),
+    ],
+)
+def test_bad_overrides_give_one_line_errors(override, words):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(get_preset("detr_shapes"), [override])
+    message = str(e.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+@pytest.mark.parametrize(
+    "override, word",
+    [
+        ("epochs=0", "epochs"),
+        ("batch_size=-2", "batch_size"),
+        ("lr_backbone=-1e-5", "lr_backbone"),
+        ("model.hidden_dim=66", "hidden_dim"),  # not divisible by nheads: ModelConfig's own check
+        ("loss_class=focal", "use_focal"),  # a sigmoid loss needs the head without the no-object logit
+        ("data.source=coco", "--data"),
+    ],
+)
+def test_validate_rejects_unusable_values(override, word):
+    cfg = apply_overrides(get_preset("detr_shapes"), [override])
+    with pytest.raises(ConfigError, match=word):
+        cfg.validate()
+
+
+def test_focal_loss_with_focal_head_is_valid():
+    apply_overrides(get_preset("detr_shapes"), ["loss_class=focal", "model.use_focal=true"]).validate()
+
+
+def test_files_source_needs_all_four_paths():
+    cfg = apply_overrides(get_preset("detr_shapes"), ["data.source=files", "data.train_images=/x"])
+    with pytest.raises(ConfigError) as e:
+        cfg.validate()
+    assert "train_ann" in str(e.value) and "val_ann" in str(e.value) and "train_images" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_dict_round_trip_through_json(name):
+    cfg = apply_overrides(get_preset(name), ["epochs=7", "model.num_queries=12"])
+    d = json.loads(json.dumps(config_to_dict(cfg)))
+    assert config_from_dict(d) == cfg
+    assert dataclasses.asdict(config_from_dict(d)) == d
+
+
+def test_from_dict_rejects_unknown_keys():
+    d = config_to_dict(get_preset("detr_shapes"))
+    d["model"]["hiddn_dim"] = 3
+    with pytest.raises(ConfigError, match="hiddn_dim"):
+        config_from_dict(d)

@@ -1,0 +1,242 @@
+"""minidetr.train and minidetr.engine: a real fit() end to end on a tiny generated dataset, exact resume,
+the optimiser and lr schedule, and the command line's errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minidetr import engine
+from minidetr.checkpoint import load_checkpoint
+from minidetr.config import ConfigError, apply_overrides, config_from_dict, get_preset
+from minidetr.data.shapes import CATEGORY_IDS, generate
+from minidetr.logs import read_metrics
+from minidetr.train import build_criterion, fit, main, resolve_device
+
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, seed=0, image_size=64)
+
+
+def tiny_cfg(**overrides):
+    cfg = get_preset("detr_tiny")  # 1+1 layers, D=32, 64 px: seconds on a CPU
+    cfg.epochs = EPOCHS
+    return apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="module")
+def run(shapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)  # deterministic and fair on a shared CPU
+    stats = fit(tiny_cfg(), out, data=shapes, progress=False)
+    return out, stats
+
+
+def test_fit_returns_coco_stats(run):
+    out, stats = run
+    for key in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100"):
+        assert -1 <= stats[key] <= 1
+    assert stats["epoch"] == EPOCHS - 1 and stats["step"] == EPOCHS * 2  # 8 images / batch 4 = 2 steps an epoch
+    assert stats["output_dir"] == str(out)
+
+
+def test_run_folder_holds_resolved_config(run, shapes):
+    out, _ = run
+    saved = json.loads((out / "config.json").read_text())
+    cfg = config_from_dict(saved)
+    assert cfg.preset == "detr_tiny" and cfg.epochs == EPOCHS
+    assert cfg.model.num_classes == len(shapes.class_names)  # taken from the dataset
+    assert cfg.data.source == "files" and cfg.data.train_ann == str(shapes.train_ann)
+
+
+def test_metrics_jsonl_has_train_and_eval_records(run):
+    out, stats = run
+    train = read_metrics(out, kind="train")
+    assert [r["step"] for r in train] == [1, 2, 3, 4]  # log_every=1 in detr_tiny
+    assert [r["epoch"] for r in train] == [0, 0, 1, 1]
+    for r in train:
+        assert {"lr", "loss", "loss_ce", "loss_bbox", "loss_giou"} <= set(r)
+        # detr_tiny has one decoder layer, so no aux terms: the total is exactly DETR's 1 / 5 / 2 weighted sum.
+        assert not any(k.endswith("_0") for k in r)
+        assert r["loss"] == pytest.approx(r["loss_ce"] + 5 * r["loss_bbox"] + 2 * r["loss_giou"], rel=1e-5)
+        assert r["lr"] == pytest.approx(2e-4)
+    evals = read_metrics(out, kind="eval")
+    assert [r["epoch"] for r in evals] == [0, 1]
+    assert evals[-1]["AP"] == pytest.approx(stats["AP"]) and evals[-1]["AP50"] == pytest.approx(stats["AP50"])
+
+
+def test_detections_use_the_datasets_own_ids(run, shapes):
+    out, _ = run
+    gt = json.loads(shapes.val_ann.read_text())
+    for epoch in range(EPOCHS):
+        dets = json.loads((out / f"detections_epoch{epoch}.json").read_text())
+        assert dets, "the evaluation wrote no detections"
+        assert {d["image_id"] for d in dets} == {im["id"] for im in gt["images"]}
+        assert {d["category_id"] for d in dets} <= set(CATEGORY_IDS)  # 1, 3, 5, 7: not the labels 0..3
+        assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in dets)
+
+
+def test_checkpoint_holds_everything_to_resume(run):
+    out, _ = run
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    assert {
+        "model",
+        "optimizer",
+        "lr_scheduler",
+        "epoch",
+        "step",
+        "config",
+        "rng",
+        "loader_generator",
+        "class_names",
+        "label_to_category_id",
+    } <= set(ckpt)
+    assert ckpt["epoch"] == EPOCHS - 1 and ckpt["step"] == 2 * EPOCHS
+    assert config_from_dict(ckpt["config"]) == config_from_dict(json.loads((out / "config.json").read_text()))
+    assert list(ckpt["label_to_category_id"]) == list(CATEGORY_IDS)
+
+
+def test_resume_continues_exactly(run, shapes, tmp_path):
+    """1 epoch, stop, resume for the 2nd: the same weights and the same logged losses as 2 epochs at once."""
+    full_out, _ = run
+    fit(tiny_cfg(epochs=1), tmp_path, data=shapes, progress=False)
+    fit(tiny_cfg(), tmp_path, data=shapes, resume=tmp_path / "checkpoint.pth", progress=False)
+    full, resumed = load_checkpoint(full_out / "checkpoint.pth"), load_checkpoint(tmp_path / "checkpoint.pth")
+    assert resumed["epoch"] == full["epoch"] and resumed["step"] == full["step"]
+    for k, v in full["model"].items():
+        torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=0, msg=k)
+    strip = [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(full_out)]
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(tmp_path)] == strip
+
+
+def test_resume_can_extend_the_schedule(shapes, tmp_path):
+    """--resume with more epochs: the lr follows the new, longer cosine schedule, not the old one."""
+    fit(tiny_cfg(epochs=1, lr_schedule="cosine"), tmp_path, data=shapes, progress=False)
+    fit(tiny_cfg(epochs=3, lr_schedule="cosine"), tmp_path, data=shapes, resume=tmp_path / "checkpoint.pth",
+        progress=False)  # fmt: skip
+    schedule = engine.LRSchedule("cosine", steps_per_epoch=2, epochs=3)
+    resumed = [(r["step"], r["lr"]) for r in read_metrics(tmp_path, kind="train") if r["epoch"] > 0]
+    assert [s for s, _ in resumed] == [3, 4, 5, 6]  # the first epoch ran on the 1-epoch schedule
+    assert [lr for _, lr in resumed] == pytest.approx([2e-4 * schedule(s) for s, _ in resumed])
+
+
+def test_resume_refuses_a_different_model(run, shapes, tmp_path):
+    out, _ = run
+    with pytest.raises(ConfigError, match="hidden_dim"):
+        fit(tiny_cfg(**{"model.hidden_dim": 64}), tmp_path, data=shapes, resume=out / "checkpoint.pth", progress=False)
+
+
+def test_a_few_steps_on_one_batch_lower_the_loss(shapes):
+    """The loop really optimises: after 40 steps on the same batch its loss is clearly lower."""
+    from minidetr.data import CocoDetection, build_transforms, collate_fn
+    from minidetr.models import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    dataset = CocoDetection(shapes.train_images, shapes.train_ann, build_transforms(False, 64))
+    cfg.model.num_classes = dataset.num_classes
+    batch = collate_fn([dataset[i] for i in range(4)])
+    model, criterion = build_model(cfg.model), build_criterion(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.LRSchedule("step", 1, 41))
+    kw = {"clip_max_norm": 1.0, "progress": False}
+    _, first = engine.train_one_epoch(model, criterion, [batch], optimizer, scheduler, "cpu", 0, **kw)
+    step, _ = engine.train_one_epoch(model, criterion, [batch] * 40, optimizer, scheduler, "cpu", 1, step=1, **kw)
+    _, last = engine.train_one_epoch(model, criterion, [batch], optimizer, scheduler, "cpu", 2, step=step, **kw)
+    assert step == 41
+    # Without working updates the loss would stay exactly the same (no dropout, no augmentation).
+    assert last["loss"] < 0.85 * first["loss"], (first["loss"], last["loss"])
+
+
+def test_lr_schedule_warmup_step_and_cosine():
+    step = engine.LRSchedule("step", steps_per_epoch=10, epochs=5, warmup_steps=4, drop_epoch=3, gamma=0.1)
+    assert [step(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert step(29) == 1.0 and step(30) == pytest.approx(0.1)  # the drop happens at the start of epoch 3
+    cos = engine.LRSchedule("cosine", steps_per_epoch=10, epochs=5, min_factor=0.01)
+    assert cos(0) == pytest.approx(1.0) and cos(25) == pytest.approx(0.505) and cos(50) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="linear"):
+        engine.LRSchedule("linear", 1, 1)
+
+
+def test_param_groups_backbone_lr_and_freezing():
+    from minidetr.models import build_model
+
+    model = build_model(tiny_cfg().model)
+    groups = engine.param_groups(model, lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-5]
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
+    assert sum(p.numel() for p in groups[1]["params"]) == n_backbone
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    frozen = engine.param_groups(model, lr=1e-4, lr_backbone=0.0, weight_decay=1e-4)
+    assert len(frozen) == 1 and not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="banana"):
+        resolve_device("banana")
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def test_cli_unknown_preset_is_a_one_line_error_not_a_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "minidetr.train", "--preset", "nope"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "'nope'" in proc.stderr and "detr_shapes" in proc.stderr and "detr_r50" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--set", "epochs=ten"], ["epochs", "'ten'"]),
+        (["--set", "nokey=1"], ["'nokey'"]),
+        (["--epochs", "0"], ["--epochs", "'0'"]),
+        (["--lr", "fast"], ["--lr", "'fast'"]),
+        (["--train-images", "x"], ["--train-ann", "--val-images", "--val-ann"]),
+        (["--data", "/nonexistent/coco"], ["/nonexistent/coco/train2017"]),
+        (["--device", "banana"], ["banana"]),
+    ],
+)
+def test_cli_bad_values_exit_with_a_message(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--no-progress"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_cli_list_presets(capsys):
+    main(["--list-presets"])
+    out = capsys.readouterr().out
+    assert "detr_shapes" in out and "detr_r50" in out and "COCO" in out
+
+
+def test_cli_trains_and_resumes(shapes, tmp_path, capsys):
+    files = [
+        "--train-images",
+        str(shapes.train_images),
+        "--train-ann",
+        str(shapes.train_ann),
+        "--val-images",
+        str(shapes.val_images),
+        "--val-ann",
+        str(shapes.val_ann),
+    ]
+    stats = main(["--preset", "detr_tiny", "--epochs", "1", "--output", str(tmp_path), "--seed", "3"] + files)
+    out = capsys.readouterr().out
+    assert '"seed": 3' in out  # the resolved config is printed ...
+    assert "AP50" in out and "AR100" in out  # ... and the run ends with the AP table
+    assert stats["epoch"] == 0 and json.loads((tmp_path / "config.json").read_text())["seed"] == 3
+    # --resume with no --preset takes the checkpoint's config and folder; --epochs extends the run.
+    stats = main(["--resume", str(tmp_path / "checkpoint.pth"), "--epochs", "2", "--no-progress"])
+    assert stats["epoch"] == 1 and stats["output_dir"] == str(tmp_path)
+    assert [r["epoch"] for r in read_metrics(tmp_path, kind="eval")] == [0, 1]
