@@ -22,7 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "unwrap_model"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "state_dicts",
+    "load_state_dicts",
+    "capture_rng_state",
+    "restore_rng_state",
+    "unwrap_model",
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the run; the message names the file and the fix."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -58,10 +71,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickled code objects, not a torch file at all
-        raise RuntimeError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or "model" not in state:
-        raise RuntimeError(f"{str(path)!r} is not a minidetr checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{str(path)!r} is not a minidetr checkpoint (no 'model' entry)")
     return state
+
+
+def state_dicts(objects: dict[str, Any]) -> dict[str, Any]:
+    """``{name: obj.state_dict()}`` for every registered object (optimiser, EMA, AMP scaler, ...)."""
+    return {name: obj.state_dict() for name, obj in objects.items()}
+
+
+def load_state_dicts(objects: dict[str, Any], state: dict[str, Any], path: str | Path) -> None:
+    """Restore every registered object from ``state``; a missing entry is a :class:`CheckpointError`, since
+    resuming without it (say, an EMA started afresh) would silently give a different run."""
+    missing = [name for name in objects if name not in state]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has no state for {missing}: it was written by a run configured without "
+            "them; resume with the checkpoint's own config (--resume without --preset/--set) or start a new run"
+        )
+    for name, obj in objects.items():
+        obj.load_state_dict(state[name])
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from .models.config import ModelConfig
 from .models.config import detr_r50 as _model_detr_r50
 from .models.config import detr_shapes as _model_detr_shapes
+from .models.rtdetr.model import RTDETRConfig
 
 __all__ = [
     "ConfigError",
@@ -65,6 +66,11 @@ class DataConfig:
     zoom_out_max: float = 4.0  # RT-DETR's canvas scale limit; lower keeps small objects visible on small images
     stop_epoch: int | None = None  # strong augmentations off from this epoch on (RT-DETR); None: never
     # Synthetic dataset parameters (used when source == "shapes").
+    # DEIM's Dense O2O (mosaic, mixup and their epoch policy): a later issue. The hooks exist so presets can
+    # name them; anything but the defaults is refused by validate() until the pipeline implements them.
+    mosaic_prob: float = 0.0  # later issue (DEIM: 0.5 inside the policy epochs)
+    mixup_prob: float = 0.0  # later issue (DEIM: 0.5 per batch inside the mixup epochs)
+    policy_epochs: list[int] = field(default_factory=list)  # later issue (DEIM-R50 60e: [4, 34, 58])
     shapes_num_train: int = 2000
     shapes_num_val: int = 200
     shapes_seed: int = 0
@@ -76,7 +82,7 @@ class TrainConfig:
     """Everything one training run needs; ``config.json`` and every checkpoint store it resolved."""
 
     preset: str = "custom"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig | RTDETRConfig = field(default_factory=ModelConfig)  # DETR or RT-DETRv2 / DEIM
     data: DataConfig = field(default_factory=DataConfig)
     # Optimisation (DETR: AdamW, lr 1e-4, backbone 1e-5, weight decay 1e-4, clip 0.1, step drop x0.1).
     epochs: int = 10
@@ -85,10 +91,21 @@ class TrainConfig:
     lr_backbone: float = 1e-5  # 0 freezes the backbone, as in DETR
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1  # 0 disables gradient clipping
-    lr_schedule: Literal["step", "cosine"] = "step"
+    # step (DETR), cosine, multistep (RT-DETRv2: linear warm-up + drops), flat_cosine (DEIM, minidetr.optim)
+    lr_schedule: Literal["step", "cosine", "multistep", "flat_cosine"] = "step"
     lr_drop: int = 400  # epoch at which "step" multiplies the lr by lr_gamma
     lr_gamma: float = 0.1
     warmup_steps: int = 0  # linear warmup in optimisation steps (DETR uses none)
+    lr_milestones: list[int] = field(default_factory=list)  # multistep: epochs where the lr drops x lr_gamma
+    flat_epoch: int = 0  # flat_cosine: constant lr until this epoch, then a cosine down to lr * lr_gamma
+    no_aug_epoch: int = 0  # flat_cosine: the last epochs at a constant lr * lr_gamma
+    param_groups: Literal["detr", "rtdetr"] = "detr"  # rtdetr: no weight decay on normalisation layers
+    ema: bool = False  # evaluate and checkpoint an exponential moving average of the weights
+    ema_decay: float = 0.9999
+    ema_warmups: int = 2000  # EMA decay warm-up in updates: d(n) = ema_decay * (1 - exp(-n / ema_warmups))
+    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast on CUDA only; the criterion stays fp32
+    compile: bool = False  # torch.compile the model (CUDA; slow to start)
+    sync_bn: bool = False  # SyncBatchNorm across GPUs under torchrun (CUDA only)
     # Loss: matching costs and loss weights (DETR: 1 / 5 / 2, no-object weight 0.1).
     loss_class: Literal["ce", "focal", "vfl", "mal"] = "ce"
     set_cost_class: float = 1.0
@@ -138,11 +155,24 @@ class TrainConfig:
             missing = [k for k in ("train_images", "train_ann", "val_images", "val_ann") if not getattr(d, k)]
             if missing:
                 raise ConfigError(f"data.source='files' needs all four paths; missing: {', '.join(missing)}")
+        if d.mosaic_prob or d.mixup_prob or d.policy_epochs:
+            raise ConfigError(
+                "data.mosaic_prob / data.mixup_prob / data.policy_epochs (DEIM's Dense O2O) are not implemented "
+                "yet (a later issue); leave them at 0 and []"
+            )
+        if self.lr_schedule == "flat_cosine" and not 0 <= self.flat_epoch <= self.epochs - self.no_aug_epoch:
+            raise ConfigError(
+                f"flat_cosine needs 0 <= flat_epoch ({self.flat_epoch}) <= epochs ({self.epochs}) - no_aug_epoch "
+                f"({self.no_aug_epoch}); with fewer epochs set them too, e.g. --set flat_epoch=0 no_aug_epoch=0"
+            )
         try:  # overrides bypass ModelConfig.__post_init__; rebuilding runs its checks again
             dataclasses.replace(self.model)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if (self.loss_class != "ce") != bool(self.model.use_focal):
+        if isinstance(self.model, RTDETRConfig):
+            if self.loss_class == "ce":
+                raise ConfigError("RT-DETR models have sigmoid heads: loss_class must be 'mal', 'vfl' or 'focal'")
+        elif (self.loss_class != "ce") != bool(self.model.use_focal):
             raise ConfigError(
                 f"loss_class={self.loss_class!r} needs model.use_focal={self.loss_class != 'ce'} "
                 "(sigmoid losses use a head without the no-object logit)"
@@ -222,6 +252,11 @@ def detr_r50() -> TrainConfig:
     cfg.lr_schedule, cfg.lr_drop, cfg.warmup_steps = "step", 400, 0
     cfg.num_workers, cfg.log_every = 4, 50
     return cfg
+
+
+# The RT-DETRv2 / DEIM presets (rtdetr_shapes, deim_shapes, rtdetrv2_r50, deim_r50) live in their own file;
+# importing it registers them here.
+from . import presets_rtdetr  # noqa: E402, F401
 
 
 def preset_descriptions() -> dict[str, str]:
@@ -324,7 +359,9 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """Rebuild a ``TrainConfig`` from ``config_to_dict`` output; unknown keys raise ``ConfigError``."""
     d = dict(d)
-    model = ModelConfig(**_known(ModelConfig, d.pop("model", {}), "model"))
+    model_dict = d.pop("model", {})
+    model_cls = RTDETRConfig if model_dict.get("name") in ("deim", "rtdetrv2") else ModelConfig
+    model = model_cls(**_known(model_cls, model_dict, "model"))
     data = DataConfig(**_known(DataConfig, d.pop("data", {}), "data"))
     return TrainConfig(model=model, data=data, **_known(TrainConfig, d, ""))
 

@@ -110,8 +110,15 @@ class SetCriterion(nn.Module):
         """``sum(weight_dict[k] * losses[k])`` over the losses that have a weight."""
         return sum(self.weight_dict[k] * v for k, v in losses.items() if k in self.weight_dict)
 
-    def layer_losses(self, outputs: dict, targets: list[dict[str, Tensor]], num_boxes: float) -> dict[str, Tensor]:
-        """The three losses of one decoder layer's predictions."""
+    def layer_losses(
+        self,
+        outputs: dict,
+        targets: list[dict[str, Tensor]],
+        num_boxes: float,
+        indices: list[tuple[Tensor, Tensor]] | None = None,
+    ) -> dict[str, Tensor]:
+        """The three losses of one decoder layer's predictions; ``indices`` (B pairs ``(query_idx, target_idx)``)
+        skip the matcher: precomputed matches (``HungarianMatcher.match_many``) or fixed ones (denoising)."""
         logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K[+1]), (B, Q, 4)
         expected_k = self.num_classes + (1 if self.loss_class == "ce" else 0)
         if logits.shape[-1] != expected_k:
@@ -120,7 +127,8 @@ class SetCriterion(nn.Module):
                 f"{expected_k} logits, got {logits.shape[-1]}; build the model with use_focal="
                 f"{self.loss_class != 'ce'}"
             )
-        indices = self.matcher({"pred_logits": logits, "pred_boxes": pred_boxes}, targets)
+        if indices is None:
+            indices = self.matcher({"pred_logits": logits, "pred_boxes": pred_boxes}, targets)
         # Flatten the matches of the batch: matched query q of image b predicts target boxes[b][t].
         batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(logits.device)
         query_idx = torch.cat([q for q, _ in indices]).to(logits.device)

@@ -10,6 +10,7 @@ model on the validation loader, post-processes to boxes in original-image pixels
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 from collections import defaultdict
@@ -25,9 +26,16 @@ from tqdm import tqdm
 
 from .config import ConfigError, TrainConfig
 from .criterion import SetCriterion
+from .criterion_rtdetr import build_rtdetr_criterion
 from .data import CocoDetection, build_transforms, ensure_shapes
+from .distributed import reduce_dict, touch_all_parameters
+from .ema import ModelEMA
 from .logs import MetricsLogger, is_main_process
 from .matching import HungarianMatcher
+from .models.rtdetr import RTDETRConfig
+from .optim import FlatCosine, WarmupMultiStep, rtdetr_param_groups
+
+_log = logging.getLogger("minidetr.train")
 
 __all__ = [
     "DataPaths",
@@ -38,7 +46,10 @@ __all__ = [
     "build_criterion",
     "param_groups",
     "LRSchedule",
+    "build_optimizer",
+    "build_lr_schedule",
     "train_one_epoch",
+    "NonFiniteLossError",
     "evaluate",
     "move_targets",
 ]
@@ -133,6 +144,15 @@ def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
 def build_criterion(cfg: TrainConfig) -> nn.Module:
     """DETR's set criterion: Hungarian matcher + class, L1 and GIoU losses on every decoder layer."""
 
+    if isinstance(cfg.model, RTDETRConfig):  # main + aux + encoder + denoising losses, one matcher copy
+        return build_rtdetr_criterion(
+            cfg.model.num_classes,
+            cfg.loss_class,
+            cfg.model.dec_layers,
+            {f"loss_{cfg.loss_class}": cfg.class_loss_coef, "loss_bbox": cfg.bbox_loss_coef,
+             "loss_giou": cfg.giou_loss_coef},
+            {"cost_class": cfg.set_cost_class, "cost_bbox": cfg.set_cost_bbox, "cost_giou": cfg.set_cost_giou},
+        )  # fmt: skip
     use_focal = cfg.loss_class != "ce"
     matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=use_focal)
     weight_dict = {
@@ -204,11 +224,44 @@ class LRSchedule:
         return warmup * (self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.AdamW:
+    """AdamW over DETR's two groups, or (``param_groups="rtdetr"``) RT-DETR's three (``minidetr.optim``)."""
+    if cfg.param_groups == "rtdetr":
+        groups = rtdetr_param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
+    else:
+        groups = param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """The per-step lr factor of ``cfg.lr_schedule`` for ``LambdaLR`` (epochs converted with ``steps_per_epoch``)."""
+    if cfg.lr_schedule == "flat_cosine":
+        args = (cfg.epochs, cfg.flat_epoch, cfg.no_aug_epoch, cfg.warmup_steps, cfg.lr_gamma)
+        return FlatCosine(steps_per_epoch, *args)
+    if cfg.lr_schedule == "multistep":
+        return WarmupMultiStep(steps_per_epoch, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_steps)
+    return LRSchedule(cfg.lr_schedule, steps_per_epoch, cfg.epochs, cfg.warmup_steps, cfg.lr_drop, cfg.lr_gamma)
+
+
 def move_targets(targets: list[dict], device: torch.device | str) -> list[dict]:
     """Tensors of each target dict moved to ``device`` (other values, like ``image_id`` ints, kept)."""
     return [
         {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets
     ]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; ``epoch``, ``step`` (steps done before it) and the loss ``terms``."""
+
+    def __init__(self, epoch: int, step: int, terms: dict[str, float]):
+        self.epoch, self.step, self.terms = epoch, step, terms
+        bad = [k for k, v in terms.items() if not math.isfinite(v)]
+        all_terms = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+        super().__init__(
+            f"non-finite loss at epoch {epoch}, step {step} in {', '.join(bad) or 'the weighted sum'} "
+            f"({all_terms}); lower the lr (or warm it up longer) or check the dataset's boxes with "
+            "python -m minidetr.data.check"
+        )
 
 
 def train_one_epoch(
@@ -225,43 +278,66 @@ def train_one_epoch(
     logger: MetricsLogger | None = None,
     log_every: int = 10,
     progress: bool = True,
+    ema: ModelEMA | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    model_takes_targets: bool = False,
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``loader``; returns ``(step after the epoch, mean of each loss over the epoch)``.
 
-    Every ``log_every`` steps a ``"train"`` record (means since the last record) goes to ``logger``.
-    A non-finite loss stops the run with the loss terms in the message (DETR does the same): continuing
-    would only write NaN weights into the next checkpoint.
+    Every ``log_every`` steps a ``"train"`` record (means since the last record, and ``images_over_queries``:
+    how many images since then had more targets than queries) goes to ``logger``.
+    A non-finite loss raises :class:`NonFiniteLossError` naming the epoch, step and term(s) before the
+    optimiser step (DETR stops too): continuing would only write NaN weights into the next checkpoint.
+
+    ``amp_dtype`` (CUDA): the forward runs under autocast, the criterion in fp32; ``scaler`` (fp16) scales
+    the loss; ``ema`` is updated after every step; ``model_takes_targets``: RT-DETR models get the targets
+    too (denoising queries). Logged losses are averaged over processes under torchrun.
     """
     model.train()
     criterion.train()
     weights = criterion.weight_dict
     epoch_sums: dict[str, float] = defaultdict(float)
     window: dict[str, float] = defaultdict(float)
-    n_epoch = n_window = 0
+    n_epoch = n_window = over_window = over_epoch = 0
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}", disable=not (progress and is_main_process()), leave=False, dynamic_ncols=True
     )
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
         targets = move_targets(targets, device)
-        outputs = model(images)
-        losses = criterion(outputs, targets)
+        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs = model(images, targets) if model_takes_targets else model(images)
+        losses = criterion(outputs, targets)  # outside autocast (the RT-DETR criterion casts to fp32)
         loss = sum(weights[k] * v for k, v in losses.items() if k in weights)
         if not torch.isfinite(loss):
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {epoch}, step {step}: {terms}; "
-                "lower the lr or check the targets' boxes"
-            )
+            raise NonFiniteLossError(epoch, step, {k: v.item() for k, v in losses.items()})
+        # More targets than queries: the matcher can pair only Q of them, the rest go unlearned. Count, not fail.
+        num_queries = outputs["pred_boxes"].shape[1]
+        over = sum(int(len(t["labels"]) > num_queries) for t in targets)
+        over_window += over
+        over_epoch += over
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Under DDP every parameter must take part in backward (a batch without targets skips denoising).
+        loss_for_backward = touch_all_parameters(loss, model)
+        if scaler is not None:  # fp16: scale so small gradients do not underflow, unscale before clipping
+            scaler.scale(loss_for_backward).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss_for_backward.backward()
         if clip_max_norm > 0:
             nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update(model)
         step += 1
 
-        values = {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+        values = {k: v.item() for k, v in reduce_dict({"loss": loss, **losses}).items()}
         for k, v in values.items():
             epoch_sums[k] += v
             window[k] += v
@@ -275,10 +351,16 @@ def train_one_epoch(
                 epoch=epoch,
                 lr=optimizer.param_groups[0]["lr"],
                 **{k: v / n_window for k, v in window.items()},
+                images_over_queries=over_window,
             )
             window.clear()
-            n_window = 0
-    return step, {k: v / max(1, n_epoch) for k, v in epoch_sums.items()}
+            n_window = over_window = 0
+    if over_epoch:
+        _log.warning(
+            "epoch %d: %d image(s) had more targets than the model's %d queries; only %d of their boxes can be "
+            "matched: raise model.num_queries", epoch, over_epoch, num_queries, num_queries,
+        )  # fmt: skip
+    return step, {**{k: v / max(1, n_epoch) for k, v in epoch_sums.items()}, "images_over_queries": over_epoch}
 
 
 @torch.no_grad()

@@ -4,7 +4,9 @@ Two kinds of record, told apart by ``"kind"``:
 
 - ``"train"``: ``step`` (optimisation steps so far), ``epoch`` (0-based), ``lr`` (main group), ``loss``
   (the weighted total), and every unweighted loss term (``loss_ce``, ``loss_bbox``, ``loss_giou``,
-  ``loss_ce_0``, ...), each averaged over the steps since the previous record.
+  ``loss_ce_0``, ...), each averaged over the steps since the previous record, and
+  ``images_over_queries`` (images in those steps with more targets than queries: the surplus targets
+  cannot be matched and are counted rather than silently dropped).
 - ``"eval"``: ``step``, ``epoch`` and the COCO stats (``AP``, ``AP50``, ..., ``AR100``), plus
   ``time_s`` (seconds since the run started).
 

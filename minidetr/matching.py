@@ -174,13 +174,34 @@ class HungarianMatcher(nn.Module):
         Returns B pairs ``(query_idx, target_idx)`` of int64 CPU tensors of length ``min(Q, T_b)``: query
         ``query_idx[k]`` predicts target ``target_idx[k]``. Images without targets give empty pairs.
         """
+        return self.match_many([outputs], targets)[0]
+
+    @torch.no_grad()
+    def match_many(
+        self, outputs_list: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
+    ) -> list[list[tuple[Tensor, Tensor]]]:
+        """Match several predictions of the same batch (e.g. every decoder layer) with ONE device-to-host copy.
+
+        Each entry of ``outputs_list`` is matched on its own, exactly as ``forward`` would; their cost blocks
+        ``[B, Q_i, T_max]`` are concatenated along the query axis before the copy, so a criterion with
+        L layers waits for the accelerator once per step instead of L times. Returns one ``forward`` result
+        per entry.
+        """
         sizes = [len(t["labels"]) for t in targets]
-        cost = self.cost_matrix(outputs, targets)
-        # One device-to-host copy for the whole batch; NaN/inf would make any solver fail or lie.
-        cost = torch.nan_to_num(cost.float(), nan=1e8, posinf=1e8, neginf=-1e8).cpu().double().numpy()
+        costs = [self.cost_matrix(out, targets) for out in outputs_list]
+        splits = [c.shape[1] for c in costs]
+        # One device-to-host copy for everything; NaN/inf would make any solver fail or lie.
+        cost = torch.nan_to_num(torch.cat(costs, 1).float(), nan=1e8, posinf=1e8, neginf=-1e8)
+        cost = cost.cpu().double().numpy()
         solve = SOLVERS[self.solver]
-        matches = []
-        for b, size in enumerate(sizes):
-            rows, cols = solve(cost[b, :, :size])
-            matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
-        return matches
+        results, start = [], 0
+        for n_queries in splits:
+            block, start = cost[:, start : start + n_queries], start + n_queries
+            matches = []
+            for b, size in enumerate(sizes):
+                rows, cols = solve(block[b, :, :size])
+                matches.append(
+                    (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
+                )
+            results.append(matches)
+        return results

@@ -18,7 +18,16 @@ import torch
 from tqdm import tqdm
 
 from . import engine
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
+from .checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    load_state_dicts,
+    restore_rng_state,
+    save_checkpoint,
+    state_dicts,
+    unwrap_model,
+)
 from .config import (
     DEFAULT_PRESET,
     ConfigError,
@@ -32,10 +41,13 @@ from .config import (
     save_config,
 )
 from .data import DatasetError, build_dataloader
+from .distributed import init_distributed, wrap_model
+from .ema import ModelEMA
 from .engine import DataPaths, build_criterion, build_datasets, resolve_data, resolve_device, seed_everything
 from .evaluation import CocoEvaluator, PostProcess, format_table
 from .logs import MetricsLogger, is_main_process, truncate_metrics
 from .models import build_model
+from .models.rtdetr import RTDETRConfig
 
 __all__ = [
     "DataPaths",
@@ -77,6 +89,9 @@ def fit(
     start_time = time.perf_counter()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model), data=dataclasses.replace(cfg.data))
     device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    dist_info = init_distributed(device)  # torchrun: join the process group (no-op otherwise)
+    if dist_info.distributed and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)  # one GPU per process
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
@@ -93,17 +108,29 @@ def fit(
     _say(f"resolved config ({out / 'config.json'}):\n{format_config(cfg)}", verbose)
 
     seed_everything(cfg.seed)
-    train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed)
-    val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+    shard = dist_info.distributed  # each process reads its own share of the images
+    train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, shard)
+    val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed, shard)
     model = build_model(cfg.model).to(device)
     criterion = build_criterion(cfg).to(device)
-    groups = engine.param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = engine.LRSchedule(
-        cfg.lr_schedule, len(train_loader), cfg.epochs, cfg.warmup_steps, cfg.lr_drop, cfg.lr_gamma
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    postprocess = PostProcess(use_focal=cfg.model.use_focal, num_top_queries=cfg.num_top_queries)
+    optimizer = engine.build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.build_lr_schedule(cfg, len(train_loader)))
+    use_focal = getattr(cfg.model, "use_focal", True)  # RT-DETR heads are sigmoid heads
+    postprocess = PostProcess(use_focal=use_focal, num_top_queries=cfg.num_top_queries)
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmups) if cfg.ema else None
+    # Autocast only on CUDA (CPU bf16 is slower than fp32 for these models); fp16 needs a loss scaler.
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    train_model = wrap_model(model, device, cfg.sync_bn)  # DDP under torchrun, else the model itself
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    # Further training state (EMA, AMP scaler, ...): register an object with state_dict()/load_state_dict()
+    # here and every checkpoint saves it and --resume restores it (a checkpoint lacking it is refused).
+    stateful: dict[str, Any] = {}
+    if ema is not None:
+        stateful["ema"] = ema
+    if scaler is not None:
+        stateful["scaler"] = scaler
 
     start_epoch, step = 0, 0
     if state is not None:
@@ -115,6 +142,7 @@ def fit(
         start_epoch, step = state["epoch"] + 1, state["step"]
         restore_rng_state(state["rng"])
         train_loader.generator.set_state(state["loader_generator"])
+        load_state_dicts(stateful, state, resume)
         truncate_metrics(out / "metrics.jsonl", state["epoch"])
         _say(f"resumed from {resume} (epoch {start_epoch}/{cfg.epochs} done, step {step})", verbose)
 
@@ -125,7 +153,7 @@ def fit(
             if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
                 train_loader.sampler.set_epoch(epoch)
             step, means = engine.train_one_epoch(
-                model,
+                train_model,
                 criterion,
                 train_loader,
                 optimizer,
@@ -137,11 +165,16 @@ def fit(
                 logger=logger,
                 log_every=cfg.log_every,
                 progress=progress,
+                ema=ema,
+                scaler=scaler,
+                amp_dtype=amp_dtype,
+                model_takes_targets=isinstance(cfg.model, RTDETRConfig),
             )
             last = epoch == cfg.epochs - 1
             if last or (epoch + 1) % cfg.eval_every == 0:
                 detections = out / f"detections_epoch{epoch}.json"
-                stats = _evaluate(model, postprocess, val_loader, val_set, cfg, device, detections, progress)
+                eval_model = ema.module if ema is not None else model  # the EMA weights when there are some
+                stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, detections, progress)
                 logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **stats)
                 stats["epoch"] = epoch
             if is_main_process():
@@ -157,6 +190,7 @@ def fit(
                         "loader_generator": train_loader.generator.get_state(),
                         "class_names": list(train_set.class_names),
                         "label_to_category_id": list(train_set.label_to_category_id),
+                        **state_dicts(stateful),
                     },
                     out / CHECKPOINT_NAME,
                 )
@@ -169,7 +203,7 @@ def fit(
 
     if not stats:  # resumed a finished run: evaluate what the checkpoint holds
         stats = _evaluate(
-            model,
+            ema.module if ema is not None else model,
             postprocess,
             val_loader,
             val_set,
@@ -189,6 +223,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category_id, backend=cfg.eval_backend)
     engine.evaluate(model, postprocess, loader, evaluator, device, progress=progress)
+    evaluator.synchronize_between_processes()  # under torchrun each rank saw its share of the val images
     if is_main_process():
         evaluator.write_results(detections_path)
     return evaluator.summarize()
@@ -239,6 +274,7 @@ def build_parser():
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth (its config unless --preset)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (same as --set compile=true)")
     p.add_argument("--num-workers", type=_positive(int, allow_zero=True))
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bars (the config, epoch lines and AP table still print)"
@@ -290,6 +326,8 @@ def config_from_args(args, parser) -> TrainConfig:
     ):
         if getattr(args, flag) is not None:
             setattr(cfg, key, getattr(args, flag))
+    if args.compile:
+        cfg.compile = True
     return cfg.validate()
 
 
@@ -300,13 +338,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         width = max(map(len, preset_descriptions()))
         print("\n".join(f"{name:<{width}}  {desc}" for name, desc in preset_descriptions().items()))
         return None
+    output = None
     try:
         cfg = config_from_args(args, parser)
         device = resolve_device(args.device)
         output = args.output or (str(Path(args.resume).parent) if args.resume else f"runs/{cfg.preset}")
         return fit(cfg, output, device=device, resume=args.resume, progress=not args.no_progress, verbose=True)
-    except (ConfigError, DatasetError, FileNotFoundError) as e:  # user errors: one line, no traceback
-        parser.error(str(e))
+    # Errors of the user's data, config or checkpoint: the message, exit status 2, no traceback (a traceback
+    # points at minidetr's code, not at what to fix). Anything else is a bug and keeps its traceback.
+    except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as e:
+        _exit_with(parser, _user_message(e))
+    except engine.NonFiniteLossError as e:
+        ckpt = Path(output) / CHECKPOINT_NAME
+        kept = f"the last good checkpoint {ckpt} is untouched (resume with --resume {ckpt})"
+        _exit_with(parser, f"{e}\ntraining stopped; " + (kept if ckpt.is_file() else "no checkpoint was written yet"))
+
+
+def _user_message(e: BaseException) -> str:
+    """The message of ``e``; for an error re-raised from a DataLoader worker, only the original message (the
+    worker's traceback text is cut away)."""
+    text = str(e)
+    marker = f"{type(e).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
+def _exit_with(parser, message: str) -> None:
+    import sys
+
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

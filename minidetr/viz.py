@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 _X_KEYS = ("step", "epoch")
-_NOT_METRICS = {"kind", "step", "epoch", "lr", "time_s"}
+_NOT_METRICS = {"kind", "step", "epoch", "lr", "time_s", "images_over_queries"}  # bookkeeping, not curves
 
 
 def live_frontend() -> bool:

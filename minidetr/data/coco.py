@@ -3,10 +3,12 @@
 Built on torchvision's ``CocoDetection`` (image loading) with transforms v2 and ``tv_tensors.BoundingBoxes``
 (box plumbing). What this class adds:
 
-- validation of the annotation file at load, with a :class:`DatasetError` that names the file and the problem;
+- validation at load (:mod:`minidetr.data.validation`, the checker CLI's pass), with one :class:`DatasetError` that
+  names the file and lists every fatal problem;
 - contiguous training labels ``0..K-1`` and ``label_to_category_id`` to map predictions back to the dataset's ids;
 - crowd boxes left out of the targets (COCOeval handles them as "ignore" regions, training should not chase them);
-- degenerate boxes (zero/negative size after clipping to the image, non-finite) dropped, with a logged count;
+- boxes clipped to the image, those under a pixel after clipping dropped with a logged count (negative or
+  non-finite sizes are errors: they usually mean a wrong box format);
 - every image converted to RGB (grayscale, RGBA, palette PNG), and images without annotations kept as negatives.
 
 Target contract (what the models, criterion and evaluator expect):
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -35,52 +36,21 @@ from torchvision import tv_tensors
 from torchvision.datasets import VisionDataset
 from torchvision.transforms.v2 import functional as F
 
+from .validation import DatasetError, check_dataset
+
 __all__ = ["DatasetError", "CocoDetection", "load_coco_json"]
 
 logger = logging.getLogger("minidetr.data")
-_SHOW = 3  # how many offending entries an error message lists
-
-
-class DatasetError(ValueError):
-    """A dataset on disk cannot be used as given; the message names the file, the problem and the fix."""
 
 
 def load_coco_json(ann_file: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a COCO detection annotation file; raise :class:`DatasetError` on anything unusable."""
-    path = Path(ann_file)
-    if not path.is_file():
-        raise DatasetError(f"annotation file {path} does not exist: check the --data path and the file name")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(
-            f"annotation file {path} is not valid JSON ({e}); it may be truncated: download it again"
-        ) from e
-    if not isinstance(data, dict):
-        raise DatasetError(f"annotation file {path} holds a {type(data).__name__}, not a COCO dict with 'images'")
-    missing = [k for k in ("images", "annotations", "categories") if k not in data]
-    if missing:
-        raise DatasetError(
-            f"annotation file {path} lacks the key(s) {missing}: a COCO detection file (instances_*.json) "
-            "needs 'images', 'annotations' and 'categories'"
-        )
-    image_ids = {im.get("id") for im in data["images"]}
-    cat_ids = {c.get("id") for c in data["categories"]}
-    for what, key, known in (("images", "image_id", image_ids), ("categories", "category_id", cat_ids)):
-        bad = [a for a in data["annotations"] if a.get(key) not in known]
-        if bad:
-            first = ", ".join(f"ann id {a.get('id')} -> {key} {a.get(key)}" for a in bad[:_SHOW])
-            raise DatasetError(
-                f"annotation file {path}: {len(bad)} annotation(s) have a {key} that is not in '{what}' ({first}); "
-                f"fix or remove those annotations"
-            )
-    no_box = [a for a in data["annotations"] if not isinstance(a.get("bbox"), list) or len(a["bbox"]) != 4]
-    if no_box:
-        raise DatasetError(
-            f"annotation file {path}: {len(no_box)} annotation(s) have no 4-number 'bbox' "
-            f"(first: ann id {no_box[0].get('id')}); COCO boxes are [x, y, width, height]"
-        )
-    return data
+    """Read and check a COCO detection annotation file; raise :class:`DatasetError` on anything unusable.
+
+    The checks are :mod:`minidetr.data.validation`'s (one pass, shared with the checker CLI).
+    """
+    report = check_dataset(ann_file)
+    report.raise_for_errors()
+    return report.data
 
 
 class CocoDetection(torchvision.datasets.CocoDetection):
@@ -95,8 +65,12 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         # hand the parsed dict to pycocotools ourselves.
         VisionDataset.__init__(self, str(images_dir), transforms=None)
         self.ann_file = Path(ann_file)
-        data = load_coco_json(self.ann_file)
-        self._check_images(data)
+        # One validation pass over the JSON and the folder; every fatal problem is listed in one error.
+        report = check_dataset(self.ann_file, self.root, decode=False)
+        report.raise_for_errors()
+        data = report.data
+        for ann in data["annotations"]:  # COCOeval needs 'area'; some exporters leave it out
+            ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):
@@ -108,23 +82,6 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         self.num_classes = len(self.label_to_category_id)
         self._targets = self._clean_targets()
         self.transforms = transforms  # set after super's init: VisionDataset would wrap it otherwise
-
-    def _check_images(self, data: dict[str, Any]) -> None:
-        root = Path(self.root)
-        if not root.is_dir():
-            raise DatasetError(f"image folder {root} (for {self.ann_file.name}) does not exist: check the --data path")
-        present = set()
-        for dirpath, _, files in os.walk(root):  # file_name may hold sub-folders; walking once beats a stat per image
-            rel = os.path.relpath(dirpath, root)
-            present.update(f if rel == "." else os.path.join(rel, f) for f in files)
-        missing = [
-            im.get("file_name") for im in data["images"] if os.path.normpath(str(im.get("file_name"))) not in present
-        ]
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} of {len(data['images'])} images listed in {self.ann_file} are missing from {root} "
-                f"(first: {missing[:_SHOW]}); check that the image folder matches the annotation file"
-            )
 
     def _clean_targets(self) -> dict[int, tuple[Tensor, Tensor]]:
         """Per image: xyxy boxes [T, 4] clipped to the image and labels [T], crowds and degenerate boxes out."""
@@ -161,9 +118,20 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         path = Path(self.root) / self.coco.imgs[id]["file_name"]
         try:
             with Image.open(path) as im:
-                return im.convert("RGB")  # grayscale, RGBA and palette PNGs all become 3-channel RGB
+                pil = im.convert("RGB")  # grayscale, RGBA and palette PNGs all become 3-channel RGB
         except (OSError, ValueError) as e:
-            raise DatasetError(f"cannot read image {path} (image id {id} in {self.ann_file}): {e}") from e
+            raise DatasetError(
+                f"cannot read image {path} (image id {id} in {self.ann_file}): {e}; re-download or re-export it; "
+                f"list every such file: python -m minidetr.data.check --ann {self.ann_file} --images {self.root}"
+            ) from e
+        info = self.coco.imgs[id]
+        if "width" in info and "height" in info and pil.size != (info["width"], info["height"]):
+            # the boxes are in the JSON's pixel grid: on another grid every target would be silently wrong
+            raise DatasetError(
+                f"image {path} is {pil.size[0]}x{pil.size[1]} but {self.ann_file} says {info['width']}x"
+                f"{info['height']} (image id {id}); fix 'width'/'height' or use the original images"
+            )
+        return pil
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to the transforms (augmentations switched per epoch); call before each epoch."""

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .backbone import build_backbone
 from .config import ModelConfig, get_model_preset
 from .position_encoding import PositionEmbeddingSine
+from .rtdetr import RTDETR, RTDETRConfig, build_rtdetr
 from .transformer import Transformer
 
 __all__ = ["MLP", "DETR", "build_model"]
@@ -91,8 +92,11 @@ class DETR(nn.Module):
         return out
 
 
-def build_model(cfg: ModelConfig | str, pretrained_backbone: bool | None = None) -> DETR:
+def build_model(cfg: ModelConfig | RTDETRConfig | str, pretrained_backbone: bool | None = None) -> DETR | RTDETR:
     """The public way to get a model: from a ``ModelConfig`` or a preset name (``"detr_r50"``, ...).
+
+    An ``RTDETRConfig`` (or the name of a preset that has one, e.g. ``"deim_r50"``) builds an RT-DETRv2 /
+    DEIM model with ``minidetr.models.rtdetr.build_rtdetr``.
 
     ``pretrained_backbone`` overrides ``cfg.pretrained_backbone`` when given. A ResNet backbone with
     ``cfg.backbone_weights`` set loads that local file; with ``pretrained_backbone`` it loads
@@ -100,6 +104,8 @@ def build_model(cfg: ModelConfig | str, pretrained_backbone: bool | None = None)
     """
     if isinstance(cfg, str):
         cfg = get_model_preset(cfg)
+    if isinstance(cfg, RTDETRConfig):
+        return build_rtdetr(cfg, pretrained_backbone)
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"build_model takes a ModelConfig or a preset name, got {type(cfg).__name__}")
     pretrained = cfg.pretrained_backbone if pretrained_backbone is None else pretrained_backbone

@@ -1,0 +1,125 @@
+"""The RT-DETRv2 / DEIM criterion: DETR's set losses on every output an RT-DETR model returns.
+
+An RT-DETR forward pass in training returns four kinds of predictions (see ``minidetr.models.rtdetr``):
+
+- the last decoder layer (``pred_logits [B, Q, K]``, ``pred_boxes [B, Q, 4]``) -> ``loss_mal``, ``loss_bbox``,
+  ``loss_giou``;
+- the L - 1 earlier layers (``aux_outputs``) -> the same names with ``_aux_0`` .. ``_aux_{L-2}``;
+- the Q encoder proposals picked by query selection (``enc_aux_outputs``) -> ``_enc_0``;
+- the denoising queries of all L layers (``dn_aux_outputs`` then ``dn_outputs``) -> ``_dn_0`` .. ``_dn_{L-1}``.
+
+The first three are Hungarian-matched, each on its own (as the official criteria do); all their cost
+matrices reach the CPU in ONE copy (``HungarianMatcher.match_many``). The denoising outputs need no matching:
+positive copy j of each group answers ground truth j (``dn_matched_indices``), and since every target is
+counted once per group, their losses are divided by ``num_boxes * dn_num_group``.
+R50 with 6 layers: 3 losses x (1 + 5 + 1 + 6) = 39 terms, the official naming.
+
+The loss code is ``SetCriterion.layer_losses`` (VFL / MAL / focal + L1 + GIoU); this class only decides
+what is matched with what. Under autocast the predictions are cast to float32 and the losses computed with
+autocast off: fp16 logits in a BCE or a GIoU lose the precision these small sums need.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .criterion import SetCriterion, num_boxes_across_processes
+from .losses import CLASSIFICATION_LOSS_DEFAULTS
+from .matching import HungarianMatcher
+from .models.rtdetr.denoising import dn_matched_indices
+
+__all__ = ["RTDETRCriterion", "build_rtdetr_criterion"]
+
+
+def _fp32(out: dict) -> dict:
+    return {"pred_logits": out["pred_logits"].float(), "pred_boxes": out["pred_boxes"].float()}
+
+
+class RTDETRCriterion(SetCriterion):
+    """Set losses on the main, auxiliary, encoder and denoising outputs of an RT-DETR model.
+
+    ``criterion(outputs, targets)`` returns UNWEIGHTED losses (names in the module docstring);
+    ``weight_dict`` holds every name the model returns (the suffixed copies take the base weights);
+    ``total(losses)`` is the weighted sum. ``loss_class``: ``"mal"`` (DEIM) or ``"vfl"`` (RT-DETRv2) or
+    ``"focal"``; ``weight_dict``, ``alpha`` and ``gamma`` default to that method's official recipe.
+    ``num_dec_layers`` pre-fills ``weight_dict`` for a model of that depth (it grows if the model returns more).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_dict: dict[str, float] | None = None,
+        loss_class: str = "mal",
+        alpha: float | None = None,
+        gamma: float | None = None,
+        num_dec_layers: int = 6,
+    ):
+        if loss_class == "ce":
+            raise ValueError("RT-DETR models have sigmoid heads: use loss_class 'mal', 'vfl' or 'focal', not 'ce'")
+        super().__init__(num_classes, matcher, weight_dict, loss_class, alpha=alpha, gamma=gamma)
+        self._add_weights("aux", num_dec_layers - 1)
+        self._add_weights("enc", 1)
+        self._add_weights("dn", num_dec_layers)
+
+    def _add_weights(self, kind: str, n: int) -> None:
+        for i in range(n):
+            for k, w in self.base_weight_dict.items():
+                self.weight_dict.setdefault(f"{k}_{kind}_{i}", w)
+
+    def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``outputs``: an RT-DETR model's dict; ``targets``: B dicts with ``labels [T_b]``, ``boxes [T_b, 4]``."""
+        device = outputs["pred_boxes"].device
+        with torch.autocast(device.type, enabled=False):
+            num_boxes = num_boxes_across_processes(targets, device)
+            # (suffix, outputs) of every Hungarian-matched prediction set, matched in one go.
+            matched = [("", _fp32(outputs))]
+            matched += [(f"_aux_{i}", _fp32(o)) for i, o in enumerate(outputs.get("aux_outputs", []))]
+            matched += [(f"_enc_{i}", _fp32(o)) for i, o in enumerate(outputs.get("enc_aux_outputs", []))]
+            all_indices = self.matcher.match_many([o for _, o in matched], targets)
+            losses: dict[str, Tensor] = {}
+            for (suffix, out), indices in zip(matched, all_indices, strict=True):
+                losses.update(self._suffixed(self.layer_losses(out, targets, num_boxes, indices), suffix))
+            if "dn_meta" in outputs:
+                meta = outputs["dn_meta"]
+                dn_indices = dn_matched_indices(meta, targets)
+                dn_layers = [*outputs.get("dn_aux_outputs", []), outputs["dn_outputs"]]  # layer order, last last
+                dn_num_boxes = num_boxes * meta["dn_num_group"]
+                for i, out in enumerate(dn_layers):
+                    layer = self.layer_losses(_fp32(out), targets, dn_num_boxes, dn_indices)
+                    losses.update(self._suffixed(layer, f"_dn_{i}"))
+        for name in losses:  # a model deeper than announced: its extra terms take the base weights
+            if name not in self.weight_dict:
+                self.weight_dict[name] = self.base_weight_dict[_base_name(name)]
+        return losses
+
+    @staticmethod
+    def _suffixed(losses: dict[str, Tensor], suffix: str) -> dict[str, Tensor]:
+        return {f"{k}{suffix}": v for k, v in losses.items()}
+
+
+def _base_name(name: str) -> str:
+    for kind in ("_aux_", "_enc_", "_dn_"):
+        if kind in name:
+            return name.split(kind)[0]
+    return name
+
+
+def build_rtdetr_criterion(
+    num_classes: int,
+    loss_class: str = "mal",
+    num_dec_layers: int = 6,
+    weight_dict: dict[str, float] | None = None,
+    matcher_costs: dict[str, float] | None = None,
+    alpha: float | None = None,
+    gamma: float | None = None,
+) -> RTDETRCriterion:
+    """The official recipe's criterion: matcher costs class 2 / L1 5 / GIoU 2 with the focal-style class cost
+    (``CLASSIFICATION_LOSS_DEFAULTS[loss_class]["matcher"]``, overridable with ``matcher_costs``)."""
+    if loss_class not in ("mal", "vfl", "focal"):
+        raise ValueError(f"loss_class={loss_class!r}; RT-DETR models use 'mal' (DEIM), 'vfl' (RT-DETRv2) or 'focal'")
+    costs = {**CLASSIFICATION_LOSS_DEFAULTS[loss_class]["matcher"], **(matcher_costs or {})}
+    return RTDETRCriterion(
+        num_classes, HungarianMatcher(**costs), weight_dict, loss_class, alpha, gamma, num_dec_layers
+    )

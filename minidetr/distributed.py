@@ -1,0 +1,130 @@
+"""Data-parallel training with ``torchrun``: one process per GPU (or CPU process on gloo), the same entry point.
+
+``torchrun --nproc_per_node=N -m minidetr.train ...`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in each
+process; ``init_distributed()`` reads them and joins the process group (NCCL on CUDA, gloo on CPU). Without
+them it does nothing and everything below degrades to the single-process case, so ``fit`` has one code path.
+Each process sees its own shard of the data (``DistributedSampler``, reshuffled per epoch by ``set_epoch``);
+DDP averages gradients, so every replica takes the same step; only rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
+
+from .logs import get_rank, get_world_size, is_main_process
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "barrier",
+    "all_reduce_mean",
+    "reduce_dict",
+    "set_sampler_epoch",
+    "touch_all_parameters",
+    "wrap_model",
+    "cleanup",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    distributed: bool
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(device: torch.device | str | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment variables (no-op when they are absent).
+
+    Backend: NCCL when ``device`` is CUDA (each process then uses ``cuda:LOCAL_RANK``), gloo otherwise.
+    Calling it again in an initialised process returns the current info.
+    """
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo(False)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if world <= 1:
+        return DistInfo(False, rank, local_rank, world)
+    cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not is_distributed():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistInfo(True, rank, local_rank, world)
+
+
+def barrier() -> None:
+    """Wait for every process (no-op alone): e.g. before reading a checkpoint rank 0 has just written."""
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over processes (a new tensor; ``x`` itself when alone)."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / get_world_size()
+
+
+def reduce_dict(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Means over processes of a dict of scalar tensors, in one collective (for logging the losses)."""
+    if not is_distributed() or not values:
+        return values
+    keys = sorted(values)
+    stacked = all_reduce_mean(torch.stack([values[k].detach().float() for k in keys]))
+    return dict(zip(keys, stacked, strict=True))
+
+
+def set_sampler_epoch(loader, epoch: int) -> None:
+    """Give a ``DistributedSampler`` the epoch, so each epoch gets a new (seeded) shuffle on every rank."""
+    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+
+
+def touch_all_parameters(loss: Tensor, model: nn.Module) -> Tensor:
+    """``loss + 0 * (one entry of every trainable parameter)`` under DDP (``loss`` itself otherwise).
+
+    Same value, same gradients, but every parameter takes part in backward, so DDP's gradient all-reduce never
+    waits for a parameter one rank did not use this step: a batch without targets skips the denoising
+    embedding, and without this the other ranks hang (lyuwenyu/RT-DETR#672). Cheaper than
+    ``find_unused_parameters=True``, which searches the graph every step.
+    """
+    if not is_distributed():
+        return loss
+    params = [p.view(-1)[:1] for p in model.parameters() if p.requires_grad]
+    return loss + 0.0 * torch.cat(params).sum() if params else loss
+
+
+def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
+    """``DistributedDataParallel`` around ``model`` when distributed (else ``model``).
+
+    ``sync_bn`` converts BatchNorm to SyncBatchNorm (DEIM trains with it; CUDA only, so ignored on CPU).
+    """
+    if not is_distributed():
+        return model
+    if sync_bn and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

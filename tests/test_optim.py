@@ -1,0 +1,95 @@
+"""Parameter groups and lr schedules: the official DEIM-R50 group sizes and the spec's lr numbers
+(bs 16 on COCO: 7392 iterations per epoch, 60 epochs, flat to epoch 34, no-aug tail of 2 epochs)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from minidetr.models.rtdetr import build_rtdetr
+from minidetr.optim import FlatCosine, StepDrop, WarmupMultiStep, rtdetr_param_groups
+
+SPE = 118287 // 16  # 7392 COCO iterations per epoch at batch 16, drop_last
+
+
+def sizes(groups):
+    return {g["name"]: sum(p.numel() for p in g["params"]) for g in groups}
+
+
+def test_deim_r50_groups_match_the_official_regex_groups():
+    with torch.device("meta"):
+        model = build_rtdetr("deim_r50")
+    groups = rtdetr_param_groups(model, 2e-4, 2e-5, 1e-4)
+    assert sizes(groups) == {"backbone": 23_474_016, "norm": 85_504, "rest": 19_384_076}
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["backbone"]["lr"] == 2e-5 and by_name["norm"]["weight_decay"] == 0.0
+    assert by_name["rest"]["weight_decay"] == 1e-4 and by_name["norm"]["lr"] == 2e-4
+    # the backbone's BatchNorm is in the no-decay group at the base lr (10x the backbone convs), as officially
+    assert model.backbone.conv1.conv1_1.norm.weight in by_name["norm"]["params"]
+    torch.optim.AdamW(groups)  # disjoint groups: torch rejects a parameter listed twice
+
+
+def test_rtdetrv2_frozen_parameters_are_left_out():
+    with torch.device("meta"):
+        model = build_rtdetr("rtdetrv2_r50")
+    groups = rtdetr_param_groups(model, 1e-4, 1e-5, 1e-4)
+    total = sum(sizes(groups).values())
+    assert total == 42_862_860  # trainable count of the official RT-DETRv2-R50
+    assert not any(isinstance(m, FrozenBatchNorm2d) and list(m.parameters()) for m in model.modules())
+
+
+def test_groups_by_module_type_not_name():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2), nn.LayerNorm(2))
+    s = sizes(rtdetr_param_groups(model, 1.0, 0.1, 0.01))
+    assert s == {"norm": 4 + 4 + 2 + 2, "rest": 3 * 4 * 9 + 4 + 4 * 2 + 2}
+
+
+def test_flat_cosine_numbers_of_the_spec():
+    f = FlatCosine(SPE, epochs=60, flat_epoch=34, no_aug_epoch=2, warmup_iters=2000, lr_gamma=0.5)
+    lr = lambda it: 2e-4 * f(it)  # noqa: E731
+    assert lr(0) == 0.0
+    assert lr(1000) == pytest.approx(5e-5)  # quadratic warm-up: (1000/2000)^2
+    assert lr(2000) == pytest.approx(2e-4)
+    assert lr(251_328) == pytest.approx(2e-4)  # flat until epoch 34
+    assert lr(251_329) < 2e-4
+    assert lr(46 * SPE) == pytest.approx(1.5e-4)  # half-way down the cosine
+    assert lr(428_736 - 1) > 1e-4 and lr(428_736) == pytest.approx(1e-4)  # epoch 58: the no-aug tail
+    assert lr(60 * SPE - 1) == pytest.approx(1e-4)
+    assert 0.1 * lr(46 * SPE) == pytest.approx(1.5e-5)  # backbone group: 0.1x through LambdaLR
+
+
+def test_flat_cosine_through_lambda_lr_per_group():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.AdamW([{"params": [model.weight], "lr": 2e-4}, {"params": [model.bias], "lr": 2e-5}])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, FlatCosine(10, 6, 2, 1, warmup_iters=4))
+    seen = []
+    for _ in range(60):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert seen[2] == pytest.approx([2e-4 / 4, 2e-5 / 4])  # step 2 of a 4-step quadratic warm-up
+    assert seen[20] == pytest.approx([2e-4, 2e-5])
+    assert seen[50] == pytest.approx([1e-4, 1e-5])
+    torch.save(sched.state_dict(), __import__("io").BytesIO())  # the schedule pickles into checkpoints
+
+
+def test_warmup_multistep_rtdetrv2():
+    f = WarmupMultiStep(SPE, milestones=(1000,), gamma=0.1, warmup_iters=2000)
+    assert f(0) == pytest.approx(1 / 2000) and f(999) == pytest.approx(0.5) and f(1999) == 1.0
+    assert f(71 * SPE) == 1.0  # the milestone at epoch 1000 is never reached in 72 epochs
+    g = WarmupMultiStep(10, milestones=(3, 5), gamma=0.1, warmup_iters=0)
+    assert [g(29), g(30), g(49), g(50)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+def test_detr_step_drop():
+    f = StepDrop(steps_per_epoch=100, drop_epoch=400, gamma=0.1)
+    assert f(39_999) == 1.0 and f(40_000) == pytest.approx(0.1)
+    assert StepDrop(10, 5, warmup_iters=4)(1) == pytest.approx(0.5)
+
+
+def test_flat_cosine_rejects_inconsistent_epochs():
+    with pytest.raises(ValueError, match="flat_epoch"):
+        FlatCosine(10, epochs=10, flat_epoch=9, no_aug_epoch=2)
+    assert math.isclose(FlatCosine(10, 10, 0, 0, warmup_iters=0)(50), 0.5 + 0.5 * 0.5)

@@ -1,0 +1,247 @@
+"""Bad input at the command line: every case the reliability issue lists ends with one clear message naming
+the file or value, a non-zero exit status and no traceback.
+
+Most cases call ``minidetr.train.main`` in this process (a traceback there would be an exception other than
+``SystemExit`` escaping, which fails the test); two run ``python -m minidetr.train`` for real to check the
+exit status and stderr of the actual command.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minidetr.train import main
+
+TRAIN = ["--preset", "detr_tiny", "--epochs", "1", "--no-progress", "--device", "cpu"]
+
+
+def _dataset(root):
+    """4 images of 64x64 with two boxes each, two categories; returns the four CLI path flags."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(1, 5):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 64, "height": 64})
+        for j, cat in enumerate((1, 2)):
+            anns.append({"id": 2 * i + j, "image_id": i, "category_id": cat, "bbox": [8 + 20 * j, 8, 16, 20],
+                         "area": 320, "iscrowd": 0})  # fmt: skip
+    data = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    (root / "train.json").write_text(json.dumps(data))
+    (root / "val.json").write_text(json.dumps(data))
+    return data
+
+
+def _flags(root, train_ann="train.json"):
+    img = str(root / "images")
+    return ["--train-images", img, "--train-ann", str(root / train_ann), "--val-images", img,
+            "--val-ann", str(root / "val.json")]  # fmt: skip
+
+
+def _fails(argv, capsys, *needles):
+    """``main(argv)`` exits with status 2 and prints every needle on stderr (and no traceback)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in:\n{err}"
+    return err
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return _dataset(tmp_path)
+
+
+def _write(root, data, name="train.json"):
+    (root / name).write_text(json.dumps(data))
+
+
+def test_malformed_and_truncated_json(tmp_path, data, capsys):
+    (tmp_path / "train.json").write_text("{this is not json")
+    _fails(TRAIN + _flags(tmp_path), capsys, "train.json", "not valid JSON")
+    (tmp_path / "train.json").write_text(json.dumps(data)[:200])
+    _fails(TRAIN + _flags(tmp_path), capsys, "train.json", "truncated")
+
+
+def test_unknown_image_and_category_ids(tmp_path, data, capsys):
+    data["annotations"].append({"id": 90, "image_id": 77, "category_id": 1, "bbox": [0, 0, 4, 4], "area": 16})
+    data["annotations"].append({"id": 91, "image_id": 1, "category_id": 5, "bbox": [0, 0, 4, 4], "area": 16})
+    _write(tmp_path, data)
+    _fails(TRAIN + _flags(tmp_path), capsys, "train.json", "image_id 77", "category_id 5")
+
+
+def test_missing_image_file(tmp_path, data, capsys):
+    (tmp_path / "images" / "3.png").unlink()
+    _fails(TRAIN + _flags(tmp_path), capsys, "3.png", "missing from the image folder")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_unreadable_image(tmp_path, data, capsys, workers):
+    """Found when the loader reaches the file; from a worker process too (its traceback text is cut)."""
+    for i in range(1, 5):  # every image, so the first batch surely meets one
+        (tmp_path / "images" / f"{i}.png").write_bytes(b"\x89PNG truncated")
+    err = _fails(TRAIN + ["--num-workers", workers] + _flags(tmp_path), capsys, "cannot read image", ".png",
+                 "minidetr.data.check")  # fmt: skip
+    assert "Original Traceback" not in err and "worker" not in err
+
+
+def test_image_size_differs_from_json(tmp_path, data, capsys):
+    for im in data["images"]:
+        im["width"] = 128
+    _write(tmp_path, data)
+    _write(tmp_path, data, "val.json")
+    _fails(TRAIN + _flags(tmp_path), capsys, "is 64x64 but", "says 128x64")
+
+
+def test_negative_size_box(tmp_path, data, capsys):
+    data["annotations"][0]["bbox"] = [30, 30, -10, 8]  # [x0, y0, x1, y1] written as COCO's [x, y, w, h]?
+    _write(tmp_path, data)
+    _fails(TRAIN + _flags(tmp_path), capsys, "train.json", "negative", "ann id 2")
+
+
+def test_zero_size_and_outside_boxes_are_dropped_with_a_warning(tmp_path, data, caplog):
+    """Not errors: COCO 2017 itself has a few such boxes, so the loader clips or drops them and says so."""
+    import logging
+
+    from minidetr.data import CocoDetection
+
+    data["annotations"][0]["bbox"] = [10, 10, 0, 5]
+    data["annotations"][1]["bbox"] = [100, 10, 5, 5]
+    _write(tmp_path, data)
+    with caplog.at_level(logging.WARNING, logger="minidetr.data"):
+        ds = CocoDetection(tmp_path / "images", tmp_path / "train.json")
+    assert "dropped 2 degenerate box(es)" in caplog.text and len(ds[0][1]["boxes"]) == 0
+
+
+def test_empty_dataset(tmp_path, data, capsys):
+    _write(tmp_path, {"images": [], "annotations": [], "categories": []})
+    _fails(TRAIN + _flags(tmp_path), capsys, "train.json", "empty dataset")
+
+
+def test_unknown_preset(capsys):
+    _fails(["--preset", "detr_huge"], capsys, "detr_huge", "detr_tiny")
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("epochz=3", ("epochz", "valid keys")),
+        ("model.hidden_dimm=3", ("model.hidden_dimm",)),
+        ("optim.lr=3", ("optim",)),
+        ("epochs=ten", ("epochs", "int", "ten")),
+        ("lr=fast", ("lr", "float", "fast")),
+        ("model.aux_loss=maybe", ("model.aux_loss", "bool", "maybe")),
+        ("lr_schedule=linear", ("lr_schedule", "step", "cosine")),
+        ("epochs", ("key=value",)),
+    ],
+)
+def test_bad_overrides(override, needles, capsys):
+    _fails(["--preset", "detr_tiny", "--set", override], capsys, *needles)
+
+
+def test_data_folder_not_coco_shaped(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    _fails(["--preset", "detr_tiny", "--data", str(tmp_path)], capsys, "train2017", str(tmp_path))
+
+
+def test_missing_annotation_file(tmp_path, data, capsys):
+    _fails(TRAIN + _flags(tmp_path, train_ann="nope.json"), capsys, "nope.json", "does not exist")
+
+
+def test_missing_resume_checkpoint(tmp_path, capsys):
+    _fails(["--resume", str(tmp_path / "run" / "checkpoint.pth")], capsys, "checkpoint.pth", "does not exist")
+
+
+def test_real_command_exit_status_and_stderr(tmp_path, data):
+    """The same through ``python -m minidetr.train``: exit status 2, the message, no traceback."""
+    (tmp_path / "train.json").write_text('{"images": [')
+    run = subprocess.run([sys.executable, "-m", "minidetr.train", *TRAIN, *_flags(tmp_path)], capture_output=True,
+                         text=True)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "train.json" in run.stderr and "not valid JSON" in run.stderr and "Traceback" not in run.stderr
+
+
+# ------------------------------------------------------------------------------- numerical faults, crowded images
+def _tiny(epochs=2):
+    from minidetr.config import get_preset
+
+    cfg = get_preset("detr_tiny")  # 10 queries, 1+1 layers, 64 px
+    cfg.epochs, cfg.batch_size = epochs, 2
+    return cfg
+
+
+class _Paths:
+    def __init__(self, root):
+        self.train_images = self.val_images = root / "images"
+        self.train_ann, self.val_ann = root / "train.json", root / "val.json"
+
+
+def test_non_finite_loss_stops_with_step_and_term_and_keeps_the_checkpoint(tmp_path, data, monkeypatch, capsys):
+    import torch
+
+    import minidetr.train as train_module
+    from minidetr.checkpoint import load_checkpoint
+
+    build = train_module.build_criterion
+    calls = {"n": 0}
+
+    def poisoned(cfg):  # a criterion whose loss_giou turns NaN at the 4th step (epoch 1, 2 steps per epoch)
+        criterion = build(cfg)
+        forward = criterion.forward
+
+        def forward_nan(outputs, targets):
+            losses = forward(outputs, targets)
+            calls["n"] += 1
+            if calls["n"] == 4:
+                losses["loss_giou"] = losses["loss_giou"] * float("nan")
+                calls["checkpoint"] = (out / "checkpoint.pth").read_bytes()  # the last good one, from epoch 0
+            return losses
+
+        criterion.forward = forward_nan
+        return criterion
+
+    monkeypatch.setattr(train_module, "build_criterion", poisoned)
+    out = tmp_path / "run"
+    err = _fails(TRAIN + ["--epochs", "2", "--set", "batch_size=2", "--output", str(out)] + _flags(tmp_path),
+                 capsys, "in loss_giou", "epoch 1", "step 3", "training stopped", "untouched")  # fmt: skip
+    assert f"--resume {out / 'checkpoint.pth'}" in err
+    assert (out / "checkpoint.pth").read_bytes() == calls["checkpoint"]
+    state = load_checkpoint(out / "checkpoint.pth")
+    assert state["epoch"] == 0 and state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_images_with_more_targets_than_queries_train_and_are_counted(tmp_path, data):
+    from minidetr.logs import read_metrics
+    from minidetr.train import fit
+
+    for im in data["images"][:2]:  # 12 boxes on each of two images, the tiny model has 10 queries
+        for k in range(12):
+            data["annotations"].append({"id": 1000 + 100 * im["id"] + k, "image_id": im["id"], "category_id": 1,
+                                        "bbox": [4 * k, 2 * k, 8, 8], "area": 64, "iscrowd": 0})  # fmt: skip
+    _write(tmp_path, data)
+    cfg = _tiny(epochs=1)
+    cfg.data.augment = False  # crops could cut boxes away; flips keep all 14
+    stats = fit(cfg, tmp_path / "run", data=_Paths(tmp_path), progress=False)
+    assert stats["epoch"] == 0
+    records = read_metrics(tmp_path / "run", kind="train")
+    assert sum(r.get("images_over_queries", 0) for r in records) == 2
+
+
+def test_predict_bad_checkpoint_and_image(tmp_path, capsys):
+    from minidetr.predict import main as predict_main
+
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    for ckpt, needle in [(tmp_path / "none.pth", "does not exist"), (image, "cannot read checkpoint")]:
+        with pytest.raises(SystemExit) as info:
+            predict_main(["--checkpoint", str(ckpt), str(image)])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and needle in err and str(ckpt) in err and "Traceback" not in err

@@ -1,0 +1,158 @@
+"""Kill a training run mid-epoch (SIGKILL: no cleanup, no final write), resume it with ``--resume``, and get
+exactly the metrics of a run that was never interrupted: losses at every logged step and the COCO AP.
+
+Every run is a real ``python -m minidetr.train`` process on the tiny preset with the strong augmentations on
+(random state matters), switched off from epoch 1 (the augmentation schedule must follow the epoch), and an
+EMA of the weights (evaluated, so its restored state shows in the AP). AdamW's moments and the lr schedule
+show in every logged loss after the resume. (The AMP scaler is CUDA-only; it resumes through the same
+registered-state path, tested with a stand-in in the last test.)
+The kill comes from inside the child: a wrapper around ``engine.move_targets`` (called once per step) sends
+SIGKILL to its own process at a fixed step, so the interruption lands mid-epoch on every machine.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minidetr.checkpoint import CheckpointError, load_checkpoint, load_state_dicts, save_checkpoint, state_dicts
+from minidetr.logs import read_metrics
+
+STEPS_PER_EPOCH = 4  # detr_tiny: 16 train images, batch 4
+KILL_AT_STEP = STEPS_PER_EPOCH + 2  # the 3rd step of the 2nd epoch, after the first checkpoint
+ARGS = ["--preset", "detr_tiny", "--epochs", "2", "--no-progress", "--device", "cpu", "--num-workers", "0",
+        "--set", "data.stop_epoch=1", "ema=true", "ema_warmups=2"]  # fmt: skip
+
+_KILLER = f"""
+import os, signal, sys
+import minidetr.engine as engine
+calls = 0
+move = engine.move_targets
+def move_then_die(*args, **kwargs):
+    global calls
+    calls += 1
+    if calls == {KILL_AT_STEP}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return move(*args, **kwargs)
+engine.move_targets = move_then_die
+from minidetr.train import main
+main(sys.argv[1:])
+"""
+
+
+def _env(cache):
+    # one thread: the same float summation order in every process; a private dataset cache
+    return {**os.environ, "MINIDETR_CACHE": str(cache), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _records(out):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(out)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    full, killed = tmp_path_factory.mktemp("full"), tmp_path_factory.mktemp("killed")
+    env = _env(cache)
+    # generate the dataset once before the two runs start in parallel
+    subprocess.run([sys.executable, "-c", "from minidetr.data import ensure_shapes; "
+                    "ensure_shapes(num_train=16, num_val=8, seed=0, image_size=64)"], env=env, check=True)  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "minidetr.train", *ARGS, "--output", str(full)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([sys.executable, "-c", _KILLER, *ARGS, "--output", str(killed)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+    ]  # fmt: skip
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert results[0][0] == 0, results[0][2]
+    assert results[1][0] == -signal.SIGKILL, results[1][2]
+    interrupted = _records(killed)
+    checkpoint_epoch = load_checkpoint(killed / "checkpoint.pth")["epoch"]
+    resumed = subprocess.run([sys.executable, "-m", "minidetr.train", "--resume", str(killed / "checkpoint.pth"),
+                              "--no-progress"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    return full, killed, interrupted, checkpoint_epoch
+
+
+def test_the_kill_landed_mid_epoch_after_the_first_checkpoint(runs):
+    _, _, interrupted, checkpoint_epoch = runs
+    assert checkpoint_epoch == 0
+    steps = [r["step"] for r in interrupted if r["kind"] == "train"]
+    assert steps[-1] == KILL_AT_STEP - 1  # logged up to the step before the kill, inside epoch 1
+    assert [r["epoch"] for r in interrupted if r["kind"] == "eval"] == [0]
+
+
+def test_resumed_run_ends_with_the_uninterrupted_metrics(runs):
+    full, killed, _, _ = runs
+    expected, got = _records(full), _records(killed)
+    assert [r["kind"] for r in got] == [r["kind"] for r in expected]
+    assert got == expected  # bitwise: every loss term at every step, the lr, and every COCO number
+    final = [r for r in got if r["kind"] == "eval"][-1]
+    assert final["epoch"] == 1 and final["AP"] is not None
+
+
+def test_resumed_checkpoint_equals_the_uninterrupted_one(runs):
+    full, killed, _, _ = runs
+    a, b = load_checkpoint(full / "checkpoint.pth"), load_checkpoint(killed / "checkpoint.pth")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (1, 2 * STEPS_PER_EPOCH)
+    for k, v in a["model"].items():
+        assert b["model"][k].equal(v), k
+    assert json.dumps(a["lr_scheduler"], default=str) == json.dumps(b["lr_scheduler"], default=str)
+
+
+def test_hard_kill_before_the_rename_keeps_the_previous_checkpoint(tmp_path):
+    """SIGKILL after the new checkpoint is fully written but before ``os.replace``: no cleanup code runs."""
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 0}, path)
+    before = path.read_bytes()
+    child = (
+        "import os, signal, torch\n"
+        "from minidetr.checkpoint import save_checkpoint\n"
+        "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"save_checkpoint({{'model': {{'w': torch.zeros(3)}}, 'epoch': 1}}, {str(path)!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert path.read_bytes() == before
+    state = load_checkpoint(path)
+    assert state["epoch"] == 0 and state["model"]["w"].equal(torch.ones(3))
+    leftovers = [p.name for p in tmp_path.iterdir() if p != path]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".checkpoint.pth.")  # hidden, never loaded
+
+
+class _Counter:
+    """Stands in for the EMA / AMP scaler a run registers: anything with state_dict()/load_state_dict()."""
+
+    def __init__(self, n=0):
+        self.n = n
+
+    def state_dict(self):
+        return {"n": torch.tensor(self.n)}
+
+    def load_state_dict(self, state):
+        self.n = int(state["n"])
+
+
+def test_registered_state_is_saved_and_restored(tmp_path):
+    from minidetr.ema import ModelEMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = ModelEMA(model, decay=0.9, warmups=10)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    registered = {"ema": ema, "counter": _Counter(7)}
+    save_checkpoint({"model": model.state_dict(), **state_dicts(registered)}, tmp_path / "c.pth")
+    state = load_checkpoint(tmp_path / "c.pth")
+    fresh = {"ema": ModelEMA(torch.nn.Linear(2, 2), decay=0.9, warmups=10), "counter": _Counter()}
+    load_state_dicts(fresh, state, tmp_path / "c.pth")
+    assert fresh["counter"].n == 7
+    assert fresh["ema"].updates == ema.updates == 1
+    for k, v in ema.module.state_dict().items():
+        assert fresh["ema"].module.state_dict()[k].equal(v), k
+    with pytest.raises(CheckpointError, match="no state for \\['scaler'\\]"):
+        load_state_dicts({"scaler": _Counter()}, state, tmp_path / "c.pth")
