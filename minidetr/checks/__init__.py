@@ -9,6 +9,7 @@ from ._common import ExerciseNotImplemented, call_learner, passed
 from .deformable import check_sample_level
 from .evaluation import check_ap_at_iou, check_giou
 from .losses import check_focal_loss, check_mal_loss, check_varifocal_loss
+from .mal import check_mal_gradient, check_vfl_gradient
 from .matching import check_brute_force, check_hungarian, check_match_batch, check_matching_cost, check_reduction
 from .models import check_box_losses, check_sine_position_encoding
 
@@ -26,6 +27,8 @@ __all__ = [
     "check_sine_position_encoding",
     "check_box_losses",
     "check_sample_level",
+    "check_vfl_gradient",
+    "check_mal_gradient",
     "check_focal_loss",
     "check_varifocal_loss",
     "check_mal_loss",
