@@ -6,7 +6,7 @@ uses, with scipy's ``linear_sum_assignment`` (same optimum, C++ speed) as its de
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -162,9 +162,7 @@ class HungarianMatcher(nn.Module):
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()
-    def forward(
-        self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]
-    ) -> list[tuple[Tensor, Tensor]]:
+    def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
         """Match a batch.
 
         ``outputs``: ``pred_logits [B, Q, K]`` (``K+1`` with the no-object logit when ``use_focal=False``)
@@ -200,8 +198,6 @@ class HungarianMatcher(nn.Module):
             matches = []
             for b, size in enumerate(sizes):
                 rows, cols = solve(block[b, :, :size])
-                matches.append(
-                    (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
-                )
+                matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
             results.append(matches)
         return results

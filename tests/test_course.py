@@ -92,7 +92,8 @@ def test_every_check_fails_on_the_stubs(solution):
     from nbclient import NotebookClient
 
     exercise = nbformat.read(ROOT / "exercises" / solution.name, as_version=4)
-    NotebookClient(exercise, timeout=300, allow_errors=True, resources={"metadata": {"path": str(ROOT / "exercises")}}).execute()
+    resources = {"metadata": {"path": str(ROOT / "exercises")}}
+    NotebookClient(exercise, timeout=300, allow_errors=True, resources=resources).execute()
     grader_call = re.compile(r"^\s*(checks\.)?check_\w+\(", flags=re.M)
     check_cells = [c for c in exercise.cells if c.cell_type == "code" and grader_call.search(c.source)]
     assert check_cells, f"{solution.name} calls no minidetr.checks grader"

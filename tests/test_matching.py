@@ -52,9 +52,19 @@ def test_small_matrices_against_brute_force(seed):
         assert_valid_optimal(cost, rows, cols)
 
 
-@pytest.mark.parametrize(
-    "kind", ["normal", "ties", "large", "negative", "tall", "wide", "uniform-int"]
-)
+def random_cost(rng: np.random.Generator, kind: str, n: int, m: int) -> np.ndarray:
+    if kind in ("normal", "large"):
+        return rng.normal(size=(n, m)) * (1e9 if kind == "large" else 1.0)
+    if kind == "ties":
+        return rng.integers(0, 3, size=(n, m)).astype(float)
+    if kind == "negative":
+        return -rng.random((n, m)) * 100
+    if kind == "uniform-int":
+        return rng.integers(-1000, 1000, size=(n, m)).astype(float)
+    return rng.random((n, m))  # tall, wide
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "large", "negative", "tall", "wide", "uniform-int"])
 def test_random_matrices_against_scipy(kind):
     rng = np.random.default_rng(hash(kind) % 2**32)
     for _ in range(40):
@@ -63,15 +73,7 @@ def test_random_matrices_against_scipy(kind):
             n, m = max(n, m) + 5, min(n, m)
         if kind == "wide":
             n, m = min(n, m), max(n, m) + 5
-        cost = {
-            "normal": lambda: rng.normal(size=(n, m)),
-            "ties": lambda: rng.integers(0, 3, size=(n, m)).astype(float),
-            "large": lambda: rng.normal(size=(n, m)) * 1e9,
-            "negative": lambda: -rng.random((n, m)) * 100,
-            "tall": lambda: rng.random((n, m)),
-            "wide": lambda: rng.random((n, m)),
-            "uniform-int": lambda: rng.integers(-1000, 1000, size=(n, m)).astype(float),
-        }[kind]()
+        cost = random_cost(rng, kind, n, m)
         assert_valid_optimal(cost, *hungarian(cost))
 
 
@@ -132,7 +134,7 @@ def test_matcher_cost_and_assignment_per_image(focal):
     assert cost.shape == (4, 12, 12)
     matches = matcher(outputs, targets)
     assert len(matches) == 4
-    for b, (target, (q, t)) in enumerate(zip(targets, matches)):
+    for b, (target, (q, t)) in enumerate(zip(targets, matches, strict=True)):
         assert q.dtype == t.dtype == torch.int64
         n = len(target["labels"])
         assert len(q) == len(t) == min(n, 12)
@@ -150,7 +152,7 @@ def test_padded_blocks_match_detr_full_layout():
     matcher = HungarianMatcher()
     block = matcher(outputs, targets)
     flat = {k: v.flatten(0, 1)[None] for k, v in outputs.items()}
-    all_targets = [{"labels": torch.cat([t["labels"] for t in targets]), "boxes": torch.cat([t["boxes"] for t in targets])}]
+    all_targets = [{key: torch.cat([t[key] for t in targets]) for key in ("labels", "boxes")}]
     full = matcher.cost_matrix(flat, all_targets)[0].view(3, 12, -1)  # DETR's C.view(bs, nq, -1)
     start = 0
     for b, t in enumerate(targets):
@@ -170,7 +172,7 @@ def test_matching_is_permutation_equivariant():
     permuted = {k: v[:, perm] for k, v in outputs.items()}
     q2, t2 = matcher(permuted, targets)[0]
     # query perm[i] of the original is query i of the permuted set
-    assert sorted(zip(perm[q2].tolist(), t2.tolist())) == sorted(zip(q.tolist(), t.tolist()))
+    assert sorted(zip(perm[q2].tolist(), t2.tolist(), strict=True)) == sorted(zip(q.tolist(), t.tolist(), strict=True))
 
 
 def test_more_targets_than_queries_and_solvers_agree():
@@ -179,7 +181,7 @@ def test_more_targets_than_queries_and_solvers_agree():
     own_matches = HungarianMatcher(solver="hungarian")(outputs, targets)
     cost = HungarianMatcher().cost_matrix(outputs, targets)
     assert len(scipy_matches[0][0]) == 8  # every query used, 12 targets unmatched
-    for b, ((q1, t1), (q2, t2)) in enumerate(zip(scipy_matches, own_matches)):
+    for b, ((q1, t1), (q2, t2)) in enumerate(zip(scipy_matches, own_matches, strict=True)):
         torch.testing.assert_close(cost[b][q1, t1].sum(), cost[b][q2, t2].sum())
 
 

@@ -1,9 +1,9 @@
 """Install-level checks: a working torch/torchvision pair, and pyproject.toml and environment.yml agree."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,17 +25,28 @@ def requirement_names(requirements):
 
 def test_environment_yml_lists_the_same_packages_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_names = requirement_names(project["dependencies"]) | requirement_names(project["optional-dependencies"]["test"])
+    pip_names = requirement_names(project["dependencies"])
+    pip_names |= requirement_names(project["optional-dependencies"]["test"])
     dependencies = (ROOT / "environment.yml").read_text().split("dependencies:", 1)[1]
     conda_lines = re.findall(r"^  - ([A-Za-z][A-Za-z0-9_.\-]*)", dependencies, flags=re.M)
     conda_names = {n.lower() for n in conda_lines} - {"python", "pip"}
     expected = {CONDA_NAMES.get(n, n) for n in pip_names}
     assert conda_names == expected, (
-        f"only in environment.yml: {sorted(conda_names - expected)}; only in pyproject.toml: {sorted(expected - conda_names)}"
+        f"only in environment.yml: {sorted(conda_names - expected)}; "
+        f"only in pyproject.toml: {sorted(expected - conda_names)}"
     )
 
 
 def test_top_level_layout():
-    for name in ["notebooks", "minidetr", "exercises", "solutions", "tests", "environment.yml", "README.md",
-                 "pyproject.toml", ".ci/run"]:
+    for name in [
+        "notebooks",
+        "minidetr",
+        "exercises",
+        "solutions",
+        "tests",
+        "environment.yml",
+        "README.md",
+        "pyproject.toml",
+        ".ci/run",
+    ]:
         assert (ROOT / name).exists(), f"missing {name}"
