@@ -29,8 +29,10 @@ from minidetr.config import DEFAULT_PRESET, apply_overrides, get_preset
 from minidetr.data import ensure_shapes
 from minidetr.logs import read_metrics
 
+sys.path.insert(0, str(Path(__file__).parent))
+from results import RESULTS, write_section  # noqa: E402  (benchmarks/ is a folder of scripts)
+
 AIM_AP50, AIM_MINUTES = 0.5, 10.0
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def _cpu_name() -> str:
@@ -50,14 +52,15 @@ def _load() -> str:
         return "n/a"
 
 
-def run(overrides: list[str], threads: int, output: Path) -> dict:
-    d = apply_overrides(get_preset(DEFAULT_PRESET), overrides).data
+def run(preset: str, overrides: list[str], threads: int, output: Path) -> dict:
+    d = apply_overrides(get_preset(preset), overrides).data
     start = time.perf_counter()
     ensure_shapes(num_train=d.shapes_num_train, num_val=d.shapes_num_val, seed=d.shapes_seed,
                   image_size=d.shapes_image_size)  # fmt: skip
     data_s = time.perf_counter() - start
 
-    cmd = [sys.executable, "-m", "minidetr.train", "--output", str(output), "--device", "cpu", "--no-progress"]
+    cmd = [sys.executable, "-m", "minidetr.train", "--preset", preset, "--output", str(output), "--device", "cpu"]
+    cmd += ["--no-progress"]
     if overrides:
         cmd += ["--set", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -65,10 +68,11 @@ def run(overrides: list[str], threads: int, output: Path) -> dict:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
     wall_s = time.perf_counter() - start
-    return summarize(output, overrides, threads, wall_s, data_s, load_before)
+    return summarize(preset, output, overrides, threads, wall_s, data_s, load_before)
 
 
 def summarize(
+    preset: str,
     output: Path,
     overrides: list[str],
     threads: int,
@@ -77,12 +81,14 @@ def summarize(
     load_before: str = "n/a",
 ) -> dict:
     """The benchmark record of a finished run folder (``wall_s=None``: take fit's own clock from the log)."""
-    cfg = apply_overrides(get_preset(DEFAULT_PRESET), overrides)
+    cfg = apply_overrides(get_preset(preset), overrides)
     evals = read_metrics(output, kind="eval")
     last = evals[-1]
     first_hit = next((r for r in evals if r["AP50"] >= AIM_AP50), None)
     return {
-        "command": "python -m minidetr.train" + (" --set " + " ".join(overrides) if overrides else ""),
+        "command": "python -m minidetr.train"
+        + ("" if preset == DEFAULT_PRESET else f" --preset {preset}")
+        + (" --set " + " ".join(overrides) if overrides else ""),
         "preset": cfg.preset, "epochs": cfg.epochs, "steps": last["step"], "threads": threads,
         "wall_s": last["time_s"] if wall_s is None else wall_s, "wall_source": "fit() clock in metrics.jsonl"
         if wall_s is None else "subprocess wall clock", "data_generation_s": data_s,
@@ -102,9 +108,11 @@ def to_markdown(r: dict) -> str:
     hit = r["first_epoch_at_aim"]
     reached = "not reached" if hit is None else f"{hit} (at {r['first_time_at_aim_s']:.0f} s)"
     lines = [
-        "# Benchmark: the default preset",
+        f"## `{r['command']}`" + (" (the README's main command)" if r["command"] == "python -m minidetr.train" else ""),
         "",
-        "Written by `python benchmarks/bench_default_preset.py` (do not edit by hand; re-run it).",
+        "Written by `python benchmarks/bench_default_preset.py"
+        + ("" if r["preset"] == DEFAULT_PRESET else f" --preset {r['preset']}")
+        + "`.",
         f"Aim: AP50 >= {AIM_AP50} on the synthetic val set within {AIM_MINUTES:.0f} minutes on 2 CPU cores.",
         "",
         "| what | value |",
@@ -134,6 +142,7 @@ def to_markdown(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset to time (default {DEFAULT_PRESET})")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the aim is for 2 cores)")
     parser.add_argument("--output", type=Path, help="run folder (default: a temporary folder)")
@@ -147,13 +156,12 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a line added to RESULTS.md (e.g. how busy the machine was)")
     args = parser.parse_args()
     if args.from_run:
-        result = summarize(args.from_run, args.overrides, args.threads, None, None)
+        result = summarize(args.preset, args.from_run, args.overrides, args.threads, None, None)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = run(args.overrides, args.threads, args.output or Path(tmp) / "run")
+            result = run(args.preset, args.overrides, args.threads, args.output or Path(tmp) / "run")
     result["note"] = args.note
-    args.results.write_text(to_markdown(result))
-    print(to_markdown(result))
+    print(write_section(f"bench_default_preset:{result['preset']}", to_markdown(result), args.results))
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
 
 

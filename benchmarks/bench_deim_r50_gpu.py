@@ -16,6 +16,7 @@ same code path slowly, for checking the script itself).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from minidetr.ema import ModelEMA
 from minidetr.models.rtdetr import build_rtdetr
 from minidetr.optim import FlatCosine, rtdetr_param_groups
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- bench_deim_r50_gpu: begin -->", "<!-- bench_deim_r50_gpu: end -->"
+sys.path.insert(0, str(Path(__file__).parent))
+from results import RESULTS, write_section  # noqa: E402  (benchmarks/ is a folder of scripts)
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, generator: torch.Generator, device):
@@ -116,7 +117,6 @@ def to_markdown(r: dict) -> str:
     down = "yes" if r["loss_last"] < r["loss_first"] else "NO"
     return "\n".join(
         [
-            BEGIN,
             "## Benchmark: deim_r50 training step on one GPU",
             "",
             "Written by `python benchmarks/bench_deim_r50_gpu.py` (synthetic 640x640 batches, no data loading).",
@@ -130,20 +130,8 @@ def to_markdown(r: dict) -> str:
             f"| peak GPU memory | {r['peak_mem_gib']:.2f} GiB |",
             f"| loss, first vs last 10% of iterations | {r['loss_first']:.3f} -> {r['loss_last']:.3f} (down: {down}) |",
             f"| measured | {r['date']} |",
-            END,
         ]
     )
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), keeping everything else."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -159,7 +147,7 @@ def main() -> None:
     args = p.parse_args()
     result = run(args)
     section = to_markdown(result)
-    write_section(args.results, section)
+    write_section("bench_deim_r50_gpu", section, args.results)
     print(section)
 
 

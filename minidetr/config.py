@@ -182,7 +182,7 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------------------------------- presets
 PRESETS: dict[str, Callable[[], TrainConfig]] = {}
-DEFAULT_PRESET = "detr_shapes"
+DEFAULT_PRESET = "deim_shapes"  # the useful CPU detector; detr_shapes shows plain DETR's slow start
 
 
 def _preset(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
@@ -195,8 +195,8 @@ def _preset(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
 
 @_preset
 def detr_shapes() -> TrainConfig:
-    """Default: a tiny DETR on the synthetic shapes dataset, CPU, about 10 minutes on 2 cores."""
-    # Launch: python -m minidetr.train          (same as --preset detr_shapes)
+    """A tiny plain DETR on the synthetic shapes dataset, CPU, about 10 minutes on 2 cores (lesson 05)."""
+    # Launch: python -m minidetr.train --preset detr_shapes
     # Wall time: about 10 min on 2 quiet CPU cores (~0.2 s per step); benchmarks/RESULTS.md has the measured
     # figure and the AP reached (python benchmarks/bench_default_preset.py).
     # Batch arithmetic: 1 process x batch 16 = 16 images/step; 2000 train images -> 125 steps/epoch,

@@ -1,6 +1,6 @@
 """Run a trained checkpoint on image files and draw its boxes.
 
-``python -m minidetr.predict --checkpoint runs/detr_shapes/checkpoint.pth IMAGE... [--output DIR]``
+``python -m minidetr.predict --checkpoint runs/deim_shapes/checkpoint.pth IMAGE... [--output DIR]``
 writes ``DIR/<image name>_pred.png`` for each image, with every detection scoring at least
 ``--threshold`` drawn and labelled with its class name and score, and prints the detections.
 The model is rebuilt from the config stored inside the checkpoint, so no preset or flag is needed.

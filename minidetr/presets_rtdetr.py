@@ -66,7 +66,7 @@ def _rtdetr_r50_common(cfg: TrainConfig) -> TrainConfig:
 
 @_preset
 def deim_r50() -> TrainConfig:
-    """DEIM-RT-DETRv2-R50 on COCO, the official 60-epoch recipe (54.3 AP with the official ResNet50-vd weights)."""
+    """DEIM-RT-DETRv2-R50 on COCO, the official 60-epoch recipe without Dense O2O yet (paper: 54.3 AP)."""
     # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset deim_r50 --data /path/to/coco
     #   add --set model.pretrained_backbone=true model.backbone_weights=/path/ResNet50_vd_ssld_v2_pretrained.pth
     #   (the paper's AP needs those weights; from scratch it will fall far short).
@@ -87,7 +87,7 @@ def deim_r50() -> TrainConfig:
 
 @_preset
 def rtdetrv2_r50() -> TrainConfig:
-    """RT-DETRv2-R50 on COCO, the official 72-epoch baseline (VFL, 53.4 AP with the official weights)."""
+    """RT-DETRv2-R50 on COCO, the official 72-epoch baseline with VFL (paper: 53.4 AP)."""
     # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset rtdetrv2_r50 --data /path/to/coco
     # Batch arithmetic: 2 x 8 = 16 images/step, 7,392 steps/epoch, 72 epochs = 532,224 steps.
     # Schedule: lr 1e-4 (backbone 1e-5), linear warm-up 2000 steps, then constant (the milestone at epoch 1000

@@ -1,7 +1,7 @@
 """Train a detector: ``fit()`` for notebooks and tests, ``python -m minidetr.train`` for the shell.
 
-``python -m minidetr.train`` with no argument trains the default preset (``detr_shapes``: a tiny DETR on
-the synthetic shapes dataset, CPU, minutes) and ends with the COCO AP table. A run folder holds
+``python -m minidetr.train`` with no argument trains the default preset (``deim_shapes``: DEIM at CPU
+size on the synthetic shapes dataset, minutes) and ends with the COCO AP table. A run folder holds
 ``config.json`` (the resolved config), ``metrics.jsonl`` (see ``minidetr.logs``), ``checkpoint.pth``
 (written atomically after every epoch; ``--resume`` continues from it) and ``detections_epochN.json``
 (COCO results with the dataset's own image and category ids, from each evaluation).
@@ -175,7 +175,8 @@ def fit(
                 detections = out / f"detections_epoch{epoch}.json"
                 eval_model = ema.module if ema is not None else model  # the EMA weights when there are some
                 stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, detections, progress)
-                logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **stats)
+                scalars = {k: v for k, v in stats.items() if k != "per_class_AP"}
+                logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **scalars)
                 stats["epoch"] = epoch
             if is_main_process():
                 save_checkpoint(
@@ -214,7 +215,8 @@ def fit(
         )
         stats["epoch"] = start_epoch - 1
     stats = {**stats, "step": step, "time_s": time.perf_counter() - start_time, "output_dir": str(out)}
-    _say(f"\nCOCO evaluation on {paths.val_ann} after {cfg.epochs} epochs:\n{format_table(stats)}", verbose)
+    table = format_table(stats, stats.get("per_class_AP"))
+    _say(f"\nCOCO evaluation on {paths.val_ann} after {cfg.epochs} epochs:\n{table}", verbose)
     return stats
 
 
@@ -226,7 +228,7 @@ def _evaluate(
     evaluator.synchronize_between_processes()  # under torchrun each rank saw its share of the val images
     if is_main_process():
         evaluator.write_results(detections_path)
-    return evaluator.summarize()
+    return {**evaluator.summarize(), "per_class_AP": evaluator.per_class_ap()}
 
 
 def _check_compatible(saved: TrainConfig, cfg: TrainConfig, resume: Any) -> None:

@@ -34,10 +34,11 @@ def test_every_preset_is_valid_and_described(name):
 
 
 def test_required_presets_exist_and_default_is_cpu_shapes():
-    assert {"detr_shapes", "detr_r50"} <= set(PRESETS)
-    assert DEFAULT_PRESET == "detr_shapes"
+    assert {"detr_shapes", "detr_r50", "deim_shapes", "rtdetr_shapes", "deim_r50", "rtdetrv2_r50"} <= set(PRESETS)
+    assert DEFAULT_PRESET == "deim_shapes"
     cfg = get_preset(DEFAULT_PRESET)
-    assert cfg.data.source == "shapes" and cfg.model.backbone == "tiny"
+    assert cfg.data.source == "shapes" and not cfg.model.pretrained_backbone  # no download, CPU size
+    assert cfg.loss_class == "mal" and cfg.model.hidden_dim <= 128
 
 
 def test_detr_r50_is_the_papers_recipe():
