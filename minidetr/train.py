@@ -10,6 +10,7 @@ size on the synthetic shapes dataset, minutes) and ends with the COCO AP table. 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def fit(
     train_set, val_set = build_datasets(cfg, paths)
     cfg.model.num_classes = train_set.num_classes  # the dataset decides K (contiguous labels 0..K-1)
     cfg.validate()
+    _check_eval_backend(cfg)  # now, not after the first epoch of a long run
     if state is not None:
         _check_compatible(config_from_dict(state["config"]), cfg, resume)
     if is_main_process():
@@ -229,6 +231,14 @@ def _evaluate(
     if is_main_process():
         evaluator.write_results(detections_path)
     return {**evaluator.summarize(), "per_class_AP": evaluator.per_class_ap()}
+
+
+def _check_eval_backend(cfg: TrainConfig) -> None:
+    if cfg.eval_backend == "faster" and importlib.util.find_spec("faster_coco_eval") is None:
+        raise ConfigError(
+            f"preset {cfg.preset} evaluates with faster-coco-eval, which is not installed: "
+            "pip install 'faster-coco-eval>=1.6.5' (or pip install -e '.[fast]'), or --set eval_backend=pycocotools"
+        )
 
 
 def _check_compatible(saved: TrainConfig, cfg: TrainConfig, resume: Any) -> None:

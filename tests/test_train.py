@@ -240,3 +240,16 @@ def test_cli_trains_and_resumes(shapes, tmp_path, capsys):
     stats = main(["--resume", str(tmp_path / "checkpoint.pth"), "--epochs", "2", "--no-progress"])
     assert stats["epoch"] == 1 and stats["output_dir"] == str(tmp_path)
     assert [r["epoch"] for r in read_metrics(tmp_path, kind="eval")] == [0, 1]
+
+
+def test_missing_fast_eval_backend_is_reported_before_training(monkeypatch, tmp_path):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "faster_coco_eval" else real_find_spec(name, *a)
+    )
+    cfg = apply_overrides(get_preset("detr_tiny"), ["eval_backend=faster"])
+    with pytest.raises(ConfigError, match="faster-coco-eval, which is not installed.*eval_backend=pycocotools"):
+        fit(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
