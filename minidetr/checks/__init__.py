@@ -5,7 +5,7 @@ prints one friendly line when it is right, and raises ``AssertionError`` with a 
 input, what was expected, what came back, a hint) when it is not.
 """
 
-from ._common import ExerciseNotImplemented, call_learner, passed
+from ._common import ExerciseNotImplemented, call_learner, call_learner_reporting, passed
 from .deformable import check_sample_level
 from .evaluation import check_ap_at_iou, check_giou
 from .losses import check_focal_loss, check_mal_loss, check_varifocal_loss
@@ -16,6 +16,7 @@ from .models import check_box_losses, check_sine_position_encoding
 __all__ = [
     "ExerciseNotImplemented",
     "call_learner",
+    "call_learner_reporting",
     "passed",
     "check_brute_force",
     "check_hungarian",

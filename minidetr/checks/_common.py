@@ -22,6 +22,22 @@ def call_learner(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         ) from err
 
 
+def call_learner_reporting(
+    fn: Callable[..., Any], args: tuple, kwargs: dict | None = None, *, context: str, name: str | None = None
+) -> Any:
+    """``call_learner``, and a crash in the learner's code becomes a failure naming the input that caused it.
+
+    ``context`` is appended to the message as is, e.g. ``" (called with ...)"`` or ``"\\non the 3x3 toy"``.
+    """
+    try:
+        return call_learner(fn, *args, **(kwargs or {}))
+    except ExerciseNotImplemented:
+        raise
+    except Exception as err:
+        name = name or getattr(fn, "__name__", repr(fn))
+        raise AssertionError(f"{name} raised {type(err).__name__}: {err}{context}") from err
+
+
 def passed(message: str) -> None:
     """Print the success line every grader ends with."""
     print(f"✅ {message}")

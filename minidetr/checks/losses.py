@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import losses
-from ._common import call_learner, passed
+from ._common import call_learner_reporting, passed
 
 __all__ = ["check_focal_loss", "check_varifocal_loss", "check_mal_loss"]
 
@@ -48,12 +48,7 @@ def _cases(with_quality: bool) -> list[tuple[str, dict]]:
 
 
 def _call(fn: Callable, name: str, args: tuple, kwargs: dict) -> Tensor:
-    try:
-        got = call_learner(fn, *args, **kwargs)  # a stub's NotImplementedError becomes a clear failure
-    except AssertionError:
-        raise
-    except Exception as e:  # the learner's bug, reported with the call that triggered it
-        raise AssertionError(f"{name} raised {type(e).__name__}: {e} (called with {_describe(args, kwargs)})") from e
+    got = call_learner_reporting(fn, args, kwargs, name=name, context=f" (called with {_describe(args, kwargs)})")
     if not isinstance(got, Tensor):
         raise AssertionError(f"{name} must return a torch.Tensor, got {type(got).__name__}")
     return got

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import losses
-from ._common import call_learner, passed
+from ._common import call_learner_reporting, passed
 
 __all__ = ["check_vfl_gradient", "check_mal_gradient", "positive_gradient"]
 
@@ -58,16 +58,11 @@ def _check(
         for params in param_sets:
             expected = reference(x, q, **params)
             where = f"on {desc}" + (f" with {', '.join(f'{k}={v}' for k, v in params.items())}" if params else "")
-            try:
-                got = call_learner(fn, x.clone(), q.clone(), **params)
-            except AssertionError:
-                raise
-            except Exception as e:  # the learner's bug, reported with the inputs that triggered it
-                raise AssertionError(
-                    f"{name} raised {type(e).__name__}: {e} (called with logits {list(x.shape)} {x.dtype}, "
-                    f"quality of the same shape{', ' if params else ''}"
-                    f"{', '.join(f'{k}={v}' for k, v in params.items())})"
-                ) from e
+            called_with = (
+                f" (called with logits {list(x.shape)} {x.dtype}, quality of the same shape"
+                f"{', ' if params else ''}{', '.join(f'{k}={v}' for k, v in params.items())})"
+            )
+            got = call_learner_reporting(fn, (x.clone(), q.clone()), params, name=name, context=called_with)
             if not isinstance(got, Tensor):
                 raise AssertionError(f"{name} must return a torch.Tensor, got {type(got).__name__}")
             if got.shape != expected.shape:

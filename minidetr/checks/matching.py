@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..boxes import box_cxcywh_to_xyxy, generalized_box_iou
 from ..matching import HungarianMatcher
-from ._common import ExerciseNotImplemented, call_learner, passed
+from ._common import call_learner_reporting, passed
 
 __all__ = [
     "TOY_COST",
@@ -41,13 +41,7 @@ def _show(array: Any) -> str:
 
 def _run(fn: Callable[..., Any], args: tuple, where: str) -> Any:
     """Call the learner's function; a crash is reported with the input that caused it."""
-    try:
-        return call_learner(fn, *args)
-    except ExerciseNotImplemented:
-        raise
-    except Exception as err:
-        name = getattr(fn, "__name__", repr(fn))
-        raise AssertionError(f"{name} raised {type(err).__name__}: {err}\non {where}") from err
+    return call_learner_reporting(fn, args, context=f"\non {where}")
 
 
 # ----------------------------------------------------------------------------- assignment problems
