@@ -29,6 +29,7 @@ __all__ = [
     "barrier",
     "all_reduce_mean",
     "reduce_dict",
+    "all_gather_objects",
     "set_sampler_epoch",
     "touch_all_parameters",
     "wrap_model",
@@ -83,13 +84,23 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return x / get_world_size()
 
 
-def reduce_dict(values: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Means over processes of a dict of scalar tensors, in one collective (for logging the losses)."""
-    if not is_distributed() or not values:
-        return values
-    keys = sorted(values)
+def reduce_dict(values: dict[str, Tensor]) -> dict[str, float]:
+    """Means over processes of a dict of scalar tensors, as Python floats: one collective and one device-to-host
+    copy for all of them (the training loop's loss terms, every step)."""
+    if not values:
+        return {}
+    keys = list(values)
     stacked = all_reduce_mean(torch.stack([values[k].detach().float() for k in keys]))
-    return dict(zip(keys, stacked, strict=True))
+    return dict(zip(keys, stacked.tolist(), strict=True))
+
+
+def all_gather_objects(obj: object) -> list:
+    """``obj`` from every process, in rank order (``[obj]`` alone); every process must call it (pickled)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def set_sampler_epoch(loader, epoch: int) -> None:

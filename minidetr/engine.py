@@ -1,49 +1,32 @@
-"""The pieces of a training run: data, criterion, optimiser, lr schedule, and the two loops.
+"""The two loops of a training run, and its optimiser and lr schedule.
 
 ``train_one_epoch`` is DETR's loop: forward, set criterion (Hungarian matching inside), weighted sum of
 the loss terms, backward, gradient clipping, AdamW step, per-step lr schedule. ``evaluate`` runs the
 model on the validation loader, post-processes to boxes in original-image pixels and feeds a
-``CocoEvaluator``. The loops know nothing of files; the builders turn a ``TrainConfig`` into objects;
-``minidetr.train.fit`` wires them together and owns the run folder.
+``CocoEvaluator``. The loops know nothing of files or configs (``minidetr.builders`` turns a ``TrainConfig``
+into data, criterion and device); ``minidetr.train.fit`` wires them together and owns the run folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import random
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .config import ConfigError, TrainConfig
-from .criterion import SetCriterion
-from .criterion_rtdetr import build_rtdetr_criterion
-from .data import CocoDetection, build_transforms, ensure_shapes
+from .config import TrainConfig
 from .distributed import reduce_dict, touch_all_parameters
 from .ema import ModelEMA
 from .logs import MetricsLogger, is_main_process
-from .matching import HungarianMatcher
-from .models.rtdetr import RTDETRConfig
 from .optim import FlatCosine, WarmupMultiStep, rtdetr_param_groups
 
 _log = logging.getLogger("minidetr.train")
 
 __all__ = [
-    "DataPaths",
-    "resolve_device",
-    "seed_everything",
-    "resolve_data",
-    "build_datasets",
-    "build_criterion",
     "param_groups",
     "LRSchedule",
     "build_optimizer",
@@ -53,123 +36,6 @@ __all__ = [
     "evaluate",
     "move_targets",
 ]
-
-
-# ------------------------------------------------------------------------------------------ building a run
-@dataclass(frozen=True)
-class DataPaths:
-    """The four paths of a COCO-format dataset (``ShapesPaths`` has the same attributes)."""
-
-    train_images: Path
-    train_ann: Path
-    val_images: Path
-    val_ann: Path
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; otherwise a checked ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu or auto")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices): model init, augmentations and shuffling repeat."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_data(cfg: TrainConfig, data: Any = None) -> DataPaths:
-    """Where the run's images and annotations are; generates the synthetic dataset when asked.
-
-    ``data`` (anything with ``train_images``/``train_ann``/``val_images``/``val_ann``, e.g. ``ShapesPaths``)
-    wins and is written into ``cfg.data`` as ``source="files"``, so the saved config names the real paths.
-    """
-    d = cfg.data
-    if data is not None:
-        d.source = "files"
-        d.train_images, d.train_ann = str(data.train_images), str(data.train_ann)
-        d.val_images, d.val_ann = str(data.val_images), str(data.val_ann)
-    if d.source == "shapes":
-        return _checked(
-            ensure_shapes(
-                num_train=d.shapes_num_train,
-                num_val=d.shapes_num_val,
-                seed=d.shapes_seed,
-                image_size=d.shapes_image_size,
-            )
-        )
-    if d.source == "coco":
-        root = Path(d.root)
-        return _checked(
-            DataPaths(
-                root / "train2017",
-                root / "annotations" / "instances_train2017.json",
-                root / "val2017",
-                root / "annotations" / "instances_val2017.json",
-            )
-        )
-    return _checked(DataPaths(Path(d.train_images), Path(d.train_ann), Path(d.val_images), Path(d.val_ann)))
-
-
-def _checked(paths: Any) -> DataPaths:
-    out = DataPaths(Path(paths.train_images), Path(paths.train_ann), Path(paths.val_images), Path(paths.val_ann))
-    for name, p in dataclasses.asdict(out).items():
-        is_dir = name.endswith("images")
-        if not (p.is_dir() if is_dir else p.is_file()):
-            raise ConfigError(
-                f"{name}: {'folder' if is_dir else 'file'} {str(p)!r} does not exist "
-                "(COCO 2017 layout: ROOT/train2017, ROOT/annotations/instances_train2017.json, ...)"
-            )
-    return out
-
-
-def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
-    """Train (augmented) and val (resized) ``CocoDetection`` datasets."""
-    d = cfg.data
-    aug = {} if d.augment else {"photometric_p": 0.0, "zoom_out_p": 0.0, "iou_crop_p": 0.0}
-    train_tf = build_transforms(True, d.image_size, zoom_out_max=d.zoom_out_max, stop_epoch=d.stop_epoch, **aug)
-    train_set = CocoDetection(paths.train_images, paths.train_ann, train_tf)
-    val_set = CocoDetection(paths.val_images, paths.val_ann, build_transforms(False, d.image_size))
-    return train_set, val_set
-
-
-def build_criterion(cfg: TrainConfig) -> nn.Module:
-    """DETR's set criterion: Hungarian matcher + class, L1 and GIoU losses on every decoder layer."""
-
-    if isinstance(cfg.model, RTDETRConfig):  # main + aux + encoder + denoising losses, one matcher copy
-        return build_rtdetr_criterion(
-            cfg.model.num_classes,
-            cfg.loss_class,
-            cfg.model.dec_layers,
-            {f"loss_{cfg.loss_class}": cfg.class_loss_coef, "loss_bbox": cfg.bbox_loss_coef,
-             "loss_giou": cfg.giou_loss_coef},
-            {"cost_class": cfg.set_cost_class, "cost_bbox": cfg.set_cost_bbox, "cost_giou": cfg.set_cost_giou},
-        )  # fmt: skip
-    use_focal = cfg.loss_class != "ce"
-    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=use_focal)
-    weight_dict = {
-        f"loss_{cfg.loss_class}": cfg.class_loss_coef,
-        "loss_bbox": cfg.bbox_loss_coef,
-        "loss_giou": cfg.giou_loss_coef,
-    }
-    # The criterion copies these weights to each earlier decoder layer's losses (suffixes _0, _1, ...).
-    num_aux = cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0
-    return SetCriterion(
-        cfg.model.num_classes,
-        matcher,
-        weight_dict,
-        loss_class=cfg.loss_class,
-        eos_coef=cfg.eos_coef,
-        num_aux_layers=num_aux,
-    )
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
@@ -310,8 +176,11 @@ def train_one_epoch(
             outputs = model(images, targets) if model_takes_targets else model(images)
         losses = criterion(outputs, targets)  # outside autocast (the RT-DETR criterion casts to fp32)
         loss = sum(weights[k] * v for k, v in losses.items() if k in weights)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(epoch, step, {k: v.item() for k, v in losses.items()})
+        # Means over processes (one collective), before backward: NaN and inf survive the mean, so every rank
+        # sees a bad loss on any rank and all stop together, instead of the others hanging in DDP's all-reduce.
+        reduced = reduce_dict({"loss": loss, **losses})
+        if not math.isfinite(reduced["loss"]):
+            raise NonFiniteLossError(epoch, step, {k: v for k, v in reduced.items() if k != "loss"})
         # More targets than queries: the matcher can pair only Q of them, the rest go unlearned. Count, not fail.
         num_queries = outputs["pred_boxes"].shape[1]
         over = sum(int(len(t["labels"]) > num_queries) for t in targets)
@@ -337,7 +206,7 @@ def train_one_epoch(
             ema.update(model)
         step += 1
 
-        values = {k: v.item() for k, v in reduce_dict({"loss": loss, **losses}).items()}
+        values = reduced
         for k, v in values.items():
             epoch_sums[k] += v
             window[k] += v

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,15 @@ import torch
 from tqdm import tqdm
 
 from . import engine
+from .builders import (
+    DataPaths,
+    build_criterion,
+    build_datasets,
+    mixed_precision,
+    resolve_data,
+    resolve_device,
+    seed_everything,
+)
 from .checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -42,9 +52,8 @@ from .config import (
     save_config,
 )
 from .data import DatasetError, build_dataloader
-from .distributed import init_distributed, wrap_model
+from .distributed import all_gather_objects, init_distributed, wrap_model
 from .ema import ModelEMA
-from .engine import DataPaths, build_criterion, build_datasets, resolve_data, resolve_device, seed_everything
 from .evaluation import CocoEvaluator, PostProcess, format_table
 from .logs import MetricsLogger, is_main_process, truncate_metrics
 from .models import build_model
@@ -62,6 +71,7 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pth"
+_log = logging.getLogger("minidetr.train")
 
 
 def _say(message: str, verbose: bool) -> None:
@@ -120,9 +130,9 @@ def fit(
     use_focal = getattr(cfg.model, "use_focal", True)  # RT-DETR heads are sigmoid heads
     postprocess = PostProcess(use_focal=use_focal, num_top_queries=cfg.num_top_queries)
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmups) if cfg.ema else None
-    # Autocast only on CUDA (CPU bf16 is slower than fp32 for these models); fp16 needs a loss scaler.
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if device.type == "cuda" else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    if dist_info.distributed:  # same initial model everywhere (above), then each process its own random stream
+        seed_everything(cfg.seed + dist_info.rank)  # (augmentations, denoising noise)
+    amp_dtype, scaler = mixed_precision(cfg.amp, device)  # autocast on CUDA; fp16 with a loss scaler
     train_model = wrap_model(model, device, cfg.sync_bn)  # DDP under torchrun, else the model itself
     if cfg.compile:
         train_model = torch.compile(train_model)
@@ -142,8 +152,7 @@ def fit(
         # --resume --epochs N can extend a run): LambdaLR skips lr_lambdas entries that are None.
         scheduler.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
         start_epoch, step = state["epoch"] + 1, state["step"]
-        restore_rng_state(state["rng"])
-        train_loader.generator.set_state(state["loader_generator"])
+        _restore_random_state(state, train_loader, dist_info)
         load_state_dicts(stateful, state, resume)
         truncate_metrics(out / "metrics.jsonl", state["epoch"])
         _say(f"resumed from {resume} (epoch {start_epoch}/{cfg.epochs} done, step {step})", verbose)
@@ -180,6 +189,8 @@ def fit(
                 scalars = {k: v for k, v in stats.items() if k != "per_class_AP"}
                 logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **scalars)
                 stats["epoch"] = epoch
+            # Every process's random state (a collective: all ranks call it), so a resumed run goes on exactly.
+            random_states = all_gather_objects(_random_state(train_loader))
             if is_main_process():
                 save_checkpoint(
                     {
@@ -189,8 +200,8 @@ def fit(
                         "epoch": epoch,
                         "step": step,
                         "config": config_to_dict(cfg),
-                        "rng": capture_rng_state(),
-                        "loader_generator": train_loader.generator.get_state(),
+                        **random_states[0],  # "rng", "loader_generator": rank 0's (all of them alone)
+                        "rank_random_states": random_states,
                         "class_names": list(train_set.class_names),
                         "label_to_category_id": list(train_set.label_to_category_id),
                         **state_dicts(stateful),
@@ -220,6 +231,23 @@ def fit(
     table = format_table(stats, stats.get("per_class_AP"))
     _say(f"\nCOCO evaluation on {paths.val_ann} after {cfg.epochs} epochs:\n{table}", verbose)
     return stats
+
+
+def _random_state(loader) -> dict[str, Any]:
+    return {"rng": capture_rng_state(), "loader_generator": loader.generator.get_state()}
+
+
+def _restore_random_state(state: dict[str, Any], loader, dist_info) -> None:
+    """This process's random state from the checkpoint; rank 0's when it was saved with another process count."""
+    own = state.get("rank_random_states") or [state]
+    if len(own) != dist_info.world_size:
+        _log.warning(
+            "the checkpoint was saved by %d process(es), this run has %d: every process resumes with rank 0's "
+            "random state (the run goes on, but not exactly as it would have)", len(own), dist_info.world_size
+        )  # fmt: skip
+    mine = own[dist_info.rank] if len(own) == dist_info.world_size else own[0]
+    restore_rng_state(mine["rng"])
+    loader.generator.set_state(mine["loader_generator"])
 
 
 def _evaluate(

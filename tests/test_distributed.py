@@ -98,7 +98,7 @@ def test_two_process_gloo_training_steps(tmp_path):
     fresh = build_rtdetr("deim_shapes").state_dict()
     assert not torch.equal(fresh["decoder.enc_score_head.weight"], r0["state"]["decoder.enc_score_head.weight"])
     assert r0["mean"].item() == 1.0 and r1["mean"].item() == 1.0
-    assert r0["reduced"]["a"].item() == 0.5 and r1["reduced"]["b"].item() == 1.0
+    assert r0["reduced"] == {"a": 0.5, "b": 1.0} == r1["reduced"]
     o0, o1 = r0["orders"], r1["orders"]
     assert sorted(o0[0] + o1[0]) == list(range(10))  # the two shards cover the data once
     assert o0[0] != o0[1]  # set_epoch reshuffles
@@ -111,8 +111,7 @@ def test_single_process_fallbacks(monkeypatch):
     assert not D.is_distributed() and D.is_main_process() and D.get_world_size() == 1
     x = torch.tensor([3.0])
     assert D.all_reduce_mean(x) is x
-    values = {"a": torch.tensor(1.0)}
-    assert D.reduce_dict(values) is values
+    assert D.reduce_dict({"a": torch.tensor(1.5), "b": torch.tensor(2)}) == {"a": 1.5, "b": 2.0}
     model = nn.Linear(2, 2)
     assert D.wrap_model(model, torch.device("cpu")) is model
     loss = torch.tensor(2.0)
@@ -121,3 +120,54 @@ def test_single_process_fallbacks(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert D.init_distributed() == D.DistInfo(False, 0, 0, 1)  # torchrun with one process: plain training
+
+
+NAN_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from minidetr import distributed as D, engine
+    from minidetr.criterion_rtdetr import build_rtdetr_criterion
+    from minidetr.models.rtdetr import build_rtdetr
+
+    out = Path(sys.argv[1])
+    rank = D.init_distributed("cpu").rank
+    torch.manual_seed(0)
+    model = build_rtdetr("deim_shapes")
+    ddp = D.wrap_model(model, torch.device("cpu"))
+    criterion = build_rtdetr_criterion(4, "mal", model.cfg.dec_layers)
+    real = criterion.forward
+    calls = []
+    def poisoned(outputs, targets):  # rank 1's second step: a NaN in one term
+        losses = real(outputs, targets)
+        calls.append(1)
+        if rank == 1 and len(calls) == 2:
+            losses["loss_giou"] = losses["loss_giou"] * float("nan")
+        return losses
+    criterion.forward = poisoned
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
+    batches = [(torch.rand(1, 3, 64, 64), [target])] * 3
+    try:
+        engine.train_one_epoch(ddp, criterion, batches, optimizer, scheduler, "cpu", 0, progress=False,
+                               model_takes_targets=True)
+        (out / f"rank{rank}.txt").write_text("no error")
+    except engine.NonFiniteLossError as e:
+        (out / f"rank{rank}.txt").write_text(f"{e.step} {e}")
+    D.cleanup()
+    """
+)
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's loss turns NaN: both ranks raise before backward (a rank left in DDP's all-reduce would hang)."""
+    script = tmp_path / "worker.py"
+    script.write_text(NAN_WORKER)
+    torchrun(script, str(tmp_path), timeout=180)
+    for rank in (0, 1):
+        text = (tmp_path / f"rank{rank}.txt").read_text()
+        assert text.startswith("1 non-finite loss at epoch 0, step 1 in "), (rank, text)
+        assert "loss_giou" in text.split("(")[0], (rank, text)  # names the bad term, on both ranks

@@ -156,3 +156,55 @@ def test_registered_state_is_saved_and_restored(tmp_path):
         assert fresh["ema"].module.state_dict()[k].equal(v), k
     with pytest.raises(CheckpointError, match="no state for \\['scaler'\\]"):
         load_state_dicts({"scaler": _Counter()}, state, tmp_path / "c.pth")
+
+
+# ------------------------------------------------------------------------------------- under torchrun (DDP)
+DDP_STEPS_PER_EPOCH = 3  # deim_shapes: 24 train images / (2 processes x batch 4)
+DDP_ARGS = ["--preset", "deim_shapes", "--epochs", "2", "--no-progress", "--device", "cpu", "--num-workers", "0",
+            "--set", "batch_size=4", "data.image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=4",
+            "data.shapes_image_size=64", "log_every=1", "num_top_queries=20", "flat_epoch=0", "no_aug_epoch=0",
+            "data.stop_epoch=1"]  # fmt: skip
+_DDP_KILLER = _KILLER.replace(
+    f"if calls == {KILL_AT_STEP}:", f"if calls == {DDP_STEPS_PER_EPOCH + 2} and os.environ['RANK'] == '1':"
+)
+
+
+def _torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+
+
+def test_a_torchrun_job_killed_on_one_rank_resumes_exactly(tmp_path):
+    """Rank 1 dies mid-epoch (torchrun then stops rank 0); ``torchrun ... --resume`` gives the uninterrupted
+    job's metrics and weights, bit for bit: each process's random state (augmentations, denoising noise) is in
+    the checkpoint, not only rank 0's."""
+    env = _env(tmp_path / "cache")
+    subprocess.run([sys.executable, "-c", "from minidetr.data import ensure_shapes; "
+                    "ensure_shapes(num_train=24, num_val=4, seed=0, image_size=64)"], env=env, check=True)  # fmt: skip
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    killer = tmp_path / "killer.py"
+    killer.write_text(_DDP_KILLER)
+    procs = [
+        subprocess.Popen(_torchrun("-m", "minidetr.train", *DDP_ARGS, "--output", str(full)), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(_torchrun(str(killer), *DDP_ARGS, "--output", str(killed)), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+    ]  # fmt: skip
+    results = [(p.wait(timeout=400), *p.communicate()) for p in procs]
+    assert results[0][0] == 0, results[0][2][-3000:]
+    assert results[1][0] != 0, "the killed job should have failed"
+    assert load_checkpoint(killed / "checkpoint.pth")["epoch"] == 0
+    steps = [r["step"] for r in _records(killed) if r["kind"] == "train"]
+    assert steps[-1] == DDP_STEPS_PER_EPOCH + 1  # rank 0 logged the first step of epoch 1, then the job died
+    resumed = subprocess.run(_torchrun("-m", "minidetr.train", "--resume", str(killed / "checkpoint.pth"),
+                                       "--no-progress", "--device", "cpu"),
+                             env=env, capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "random state" not in resumed.stderr  # no fallback warning: each rank had its own state
+    assert _records(killed) == _records(full)
+    a, b = load_checkpoint(full / "checkpoint.pth"), load_checkpoint(killed / "checkpoint.pth")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (1, 2 * DDP_STEPS_PER_EPOCH)
+    assert len(a["rank_random_states"]) == 2
+    for k, v in a["model"].items():
+        assert b["model"][k].equal(v), k
+    for k, v in a["ema"]["module"].items():
+        assert b["ema"]["module"][k].equal(v), k

@@ -73,8 +73,9 @@ def build_dataloader(
     drop_last = train and len(dataset) >= batch_size  # a tiny dataset still yields one batch
     generator = torch.Generator().manual_seed(seed)
     sampler = None
-    if distributed:
+    if distributed:  # the same seed everywhere for the split, each process its own worker seeds (augmentations)
         sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=drop_last)
+        generator.manual_seed(seed + sampler.rank)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,0 +1,170 @@
+"""Turning a ``TrainConfig`` into the objects of a run: device, data, criterion, mixed precision, seeds.
+
+``minidetr.train.fit`` calls these, then hands the objects to the loops in ``minidetr.engine``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ConfigError, TrainConfig
+from .criterion import SetCriterion
+from .criterion_rtdetr import build_rtdetr_criterion
+from .data import CocoDetection, build_transforms, ensure_shapes
+from .matching import HungarianMatcher
+from .models.rtdetr import RTDETRConfig
+
+_log = logging.getLogger("minidetr.train")
+
+__all__ = [
+    "DataPaths",
+    "resolve_device",
+    "seed_everything",
+    "resolve_data",
+    "build_datasets",
+    "build_criterion",
+    "mixed_precision",
+]
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The four paths of a COCO-format dataset (``ShapesPaths`` has the same attributes)."""
+
+    train_images: Path
+    train_ann: Path
+    val_images: Path
+    val_ann: Path
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; otherwise a checked ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices): model init, augmentations and shuffling repeat."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_data(cfg: TrainConfig, data: Any = None) -> DataPaths:
+    """Where the run's images and annotations are; generates the synthetic dataset when asked.
+
+    ``data`` (anything with ``train_images``/``train_ann``/``val_images``/``val_ann``, e.g. ``ShapesPaths``)
+    wins and is written into ``cfg.data`` as ``source="files"``, so the saved config names the real paths.
+    """
+    d = cfg.data
+    if data is not None:
+        d.source = "files"
+        d.train_images, d.train_ann = str(data.train_images), str(data.train_ann)
+        d.val_images, d.val_ann = str(data.val_images), str(data.val_ann)
+    if d.source == "shapes":
+        return _checked(
+            ensure_shapes(
+                num_train=d.shapes_num_train,
+                num_val=d.shapes_num_val,
+                seed=d.shapes_seed,
+                image_size=d.shapes_image_size,
+            )
+        )
+    if d.source == "coco":
+        root = Path(d.root)
+        return _checked(
+            DataPaths(
+                root / "train2017",
+                root / "annotations" / "instances_train2017.json",
+                root / "val2017",
+                root / "annotations" / "instances_val2017.json",
+            )
+        )
+    return _checked(DataPaths(Path(d.train_images), Path(d.train_ann), Path(d.val_images), Path(d.val_ann)))
+
+
+def _checked(paths: Any) -> DataPaths:
+    out = DataPaths(Path(paths.train_images), Path(paths.train_ann), Path(paths.val_images), Path(paths.val_ann))
+    for name, p in dataclasses.asdict(out).items():
+        is_dir = name.endswith("images")
+        if not (p.is_dir() if is_dir else p.is_file()):
+            raise ConfigError(
+                f"{name}: {'folder' if is_dir else 'file'} {str(p)!r} does not exist "
+                "(COCO 2017 layout: ROOT/train2017, ROOT/annotations/instances_train2017.json, ...)"
+            )
+    return out
+
+
+def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
+    """Train (augmented) and val (resized) ``CocoDetection`` datasets."""
+    d = cfg.data
+    aug = {} if d.augment else {"photometric_p": 0.0, "zoom_out_p": 0.0, "iou_crop_p": 0.0}
+    train_tf = build_transforms(True, d.image_size, zoom_out_max=d.zoom_out_max, stop_epoch=d.stop_epoch, **aug)
+    train_set = CocoDetection(paths.train_images, paths.train_ann, train_tf)
+    val_set = CocoDetection(paths.val_images, paths.val_ann, build_transforms(False, d.image_size))
+    return train_set, val_set
+
+
+def build_criterion(cfg: TrainConfig) -> nn.Module:
+    """DETR's set criterion: Hungarian matcher + class, L1 and GIoU losses on every decoder layer."""
+
+    if isinstance(cfg.model, RTDETRConfig):  # main + aux + encoder + denoising losses, one matcher copy
+        return build_rtdetr_criterion(
+            cfg.model.num_classes,
+            cfg.loss_class,
+            cfg.model.dec_layers,
+            {f"loss_{cfg.loss_class}": cfg.class_loss_coef, "loss_bbox": cfg.bbox_loss_coef,
+             "loss_giou": cfg.giou_loss_coef},
+            {"cost_class": cfg.set_cost_class, "cost_bbox": cfg.set_cost_bbox, "cost_giou": cfg.set_cost_giou},
+        )  # fmt: skip
+    use_focal = cfg.loss_class != "ce"
+    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=use_focal)
+    weight_dict = {
+        f"loss_{cfg.loss_class}": cfg.class_loss_coef,
+        "loss_bbox": cfg.bbox_loss_coef,
+        "loss_giou": cfg.giou_loss_coef,
+    }
+    # The criterion copies these weights to each earlier decoder layer's losses (suffixes _0, _1, ...).
+    num_aux = cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0
+    return SetCriterion(
+        cfg.model.num_classes,
+        matcher,
+        weight_dict,
+        loss_class=cfg.loss_class,
+        eos_coef=cfg.eos_coef,
+        num_aux_layers=num_aux,
+    )
+
+
+def mixed_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """``(autocast dtype, loss scaler)`` for ``cfg.amp`` on ``device``: ``(None, None)`` for ``"none"``,
+    ``(bfloat16, None)`` for ``"bf16"`` (bf16 has fp32's range, nothing underflows), ``(float16, GradScaler)``
+    for ``"fp16"``. CUDA only: on a CPU these models run slower in bf16 than in fp32, so the run stays fp32
+    and says so. (``minidetr.engine.train_one_epoch`` takes both and is the same on any device.)
+    """
+    if amp == "none":
+        return None, None
+    if amp not in ("bf16", "fp16"):
+        raise ConfigError(f"amp={amp!r}: choose none, bf16 or fp16")
+    if device.type != "cuda":
+        _log.warning("amp=%s applies on CUDA only: training in fp32 on %s", amp, device)
+        return None, None
+    if amp == "bf16":
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler("cuda")

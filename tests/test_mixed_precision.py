@@ -1,0 +1,101 @@
+"""Mixed precision: which autocast dtype and loss scaler a config gets, and the training loop's fp16 path
+(scale, unscale before clipping, skip a step whose gradients overflowed) run for real with CPU autocast and a
+CPU ``GradScaler`` -- the loop is the same code on CUDA, where the presets switch it on."""
+
+import copy
+import logging
+
+import pytest
+import torch
+
+from minidetr import engine
+from minidetr.builders import mixed_precision
+from minidetr.config import ConfigError
+from minidetr.criterion_rtdetr import build_rtdetr_criterion
+from minidetr.models.rtdetr import build_rtdetr
+
+
+def test_mixed_precision_choices(caplog):
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert mixed_precision("none", cuda) == (None, None)
+    assert mixed_precision("bf16", cuda) == (torch.bfloat16, None)  # bf16 has fp32's range: no scaler
+    dtype, scaler = mixed_precision("fp16", cuda)
+    assert dtype == torch.float16 and isinstance(scaler, torch.amp.GradScaler)
+    with caplog.at_level(logging.WARNING, logger="minidetr.train"):
+        assert mixed_precision("bf16", torch.device("cpu")) == (None, None)
+    assert "amp=bf16 applies on CUDA only" in caplog.text
+    with pytest.raises(ConfigError, match="amp='fp8'"):
+        mixed_precision("fp8", cuda)
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = build_rtdetr("deim_shapes")
+    criterion = build_rtdetr_criterion(4, "mal", model.cfg.dec_layers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return model, criterion, optimizer, scheduler
+
+
+def _batches(n):
+    g = torch.Generator().manual_seed(3)
+    target = {"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.4]])}
+    return [(torch.rand(2, 3, 64, 64, generator=g), [target, target]) for _ in range(n)]
+
+
+def _one_epoch(model, criterion, optimizer, scheduler, batches, **kw):
+    torch.manual_seed(7)  # the same denoising noise in every run
+    return engine.train_one_epoch(
+        model, criterion, batches, optimizer, scheduler, "cpu", 0, progress=False, model_takes_targets=True, **kw
+    )
+
+
+def test_loss_scaling_is_undone_before_clipping():
+    """A scaled step equals the fp32 step exactly (powers of two), clipping included: the gradients are
+    unscaled before their norm is clipped, else clipping would act on gradients 65536 times too large."""
+    plain = _setup()
+    scaled = _setup()
+    batches = _batches(1)
+    _one_epoch(*plain, batches, clip_max_norm=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    _one_epoch(*scaled, batches, clip_max_norm=0.1, scaler=scaler)
+    assert scaler.get_scale() == 65536.0  # nothing overflowed
+    for (name, a), b in zip(plain[0].named_parameters(), scaled[0].parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
+def test_a_step_whose_gradients_overflow_is_skipped_and_the_scale_halves():
+    model, criterion, optimizer, scheduler = _setup()
+    weight = model.decoder.enc_score_head.weight
+    steps = []
+    weight.register_hook(lambda g: g * float("inf") if len(steps) == 1 else g)  # the 2nd step overflows
+    scaler = torch.amp.GradScaler("cpu")
+    kept = {}
+
+    class Recorder(torch.optim.lr_scheduler.LambdaLR):
+        def step(self, *a, **k):
+            steps.append(1)
+            kept[len(steps)] = copy.deepcopy(weight.detach())
+            return super().step(*a, **k)
+
+    sched = Recorder(optimizer, lambda s: 1.0)
+    step, means = _one_epoch(model, criterion, optimizer, sched, _batches(3), scaler=scaler)
+    assert step == 3 and all(torch.isfinite(torch.tensor(v)) for v in means.values())  # the loss itself was finite
+    assert torch.equal(kept[2], kept[1])  # step 2 left the weights alone
+    assert not torch.equal(kept[3], kept[2])  # step 3 trained again
+    assert scaler.get_scale() == 32768.0  # halved once (growth needs 2000 good steps)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_training_under_autocast(dtype):
+    """The RT-DETR forward under autocast (deformable sampling, attention, query selection in low precision),
+    the criterion in fp32, three steps: finite losses and weights that moved."""
+    model, criterion, optimizer, scheduler = _setup()
+    before = copy.deepcopy(model.state_dict())
+    scaler = torch.amp.GradScaler("cpu") if dtype == torch.float16 else None
+    step, means = _one_epoch(model, criterion, optimizer, scheduler, _batches(3), amp_dtype=dtype, scaler=scaler)
+    assert step == 3 and all(torch.isfinite(torch.tensor(v)) for v in means.values())
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype for k, v in before.items())  # weights stay fp32
+    assert not torch.equal(after["decoder.enc_score_head.weight"], before["decoder.enc_score_head.weight"])
