@@ -150,9 +150,21 @@ def test_anchor_counts_match_official(size, total, valid):
 def test_sincos_embedding_follows_row_major_tokens():
     pos = sincos_position_embedding_2d(20, 20, 256)
     assert pos.shape == (400, 256)
-    pos = sincos_position_embedding_2d(2, 3, 8)  # token t = y * 3 + x; dims [sin x, cos x, sin y, cos y] x 2
+    pos = sincos_position_embedding_2d(2, 3, 8)  # token t = y * 3 + x; dims [sin y, cos y, sin x, cos x] x 2
     x, y = torch.tensor(2.0), torch.tensor(1.0)  # token 5; the first frequency of each group is 1
-    torch.testing.assert_close(pos[1 * 3 + 2, [0, 2, 4, 6]], torch.stack([x.sin(), x.cos(), y.sin(), y.cos()]))
+    torch.testing.assert_close(pos[1 * 3 + 2, [0, 2, 4, 6]], torch.stack([y.sin(), y.cos(), x.sin(), x.cos()]))
+
+
+def test_sincos_embedding_is_the_official_one_on_square_maps():
+    """The official formula: its grid is [W, H] ("ij" meshgrid of arange(W), arange(H)) read row-major, so token
+    t gets a = t // H in the first half and b = t % H in the second; on a square map a = y and b = x."""
+    n, dim = 5, 16
+    t = torch.arange(n * n, dtype=torch.float32)
+    omega = 1.0 / 10000.0 ** (torch.arange(dim // 4) / (dim // 4))
+    a, b = (t // n)[:, None] * omega, (t % n)[:, None] * omega
+    torch.testing.assert_close(
+        sincos_position_embedding_2d(n, n, dim), torch.cat([a.sin(), a.cos(), b.sin(), b.cos()], 1)
+    )
 
 
 def _targets():

@@ -31,18 +31,19 @@ class ConvNormLayer(nn.Module):
 
 
 def sincos_position_embedding_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> Tensor:
-    """Fixed 2-D sin-cos embedding ``[H*W, dim]`` for a row-major flattened map: [sin x, cos x, sin y, cos y].
+    """Fixed 2-D sin-cos embedding ``[H*W, dim]`` for a row-major flattened map: [sin y, cos y, sin x, cos x].
 
-    (The official code builds its grid column-major, which swaps x and y on square maps and scrambles
-    non-square ones; this version follows the token order, so any input size works.)
+    The row terms come first, as in the official models (their grid is built column-major and read
+    row-major, which on the square maps they train on gives exactly this order), so official weights
+    compute the same function here. Indexing by (y, x) keeps non-square maps sane too.
     """
     if dim % 4:
         raise ValueError(f"dim={dim} must be divisible by 4 for a 2-D sin-cos embedding")
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
-    x = xs.flatten()[:, None].float() * omega[None]  # (H*W, dim/4)
-    y = ys.flatten()[:, None].float() * omega[None]
-    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
+    y = ys.flatten()[:, None].float() * omega[None]  # (H*W, dim/4)
+    x = xs.flatten()[:, None].float() * omega[None]
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
 
 
 class AIFI(nn.Module):
