@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 __all__ = [
     "NORM_TYPES",
@@ -27,6 +31,7 @@ __all__ = [
     "StepDrop",
     "WarmupMultiStep",
     "FlatCosine",
+    "scale_epoch_schedule",
 ]
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -134,3 +139,32 @@ class FlatCosine:
             return self.lr_gamma
         span = max(1, self.total - self.flat - self.no_aug)
         return self.lr_gamma + (1 - self.lr_gamma) * 0.5 * (1 + math.cos(math.pi * (it - self.flat) / span))
+
+
+def scale_epoch_schedule(cfg: TrainConfig, epochs: int, keep: Sequence[str] = ()) -> list[str]:
+    """Give ``cfg`` ``epochs`` epochs with its epoch-based schedule stretched in proportion; returns what changed.
+
+    Points counted from the start (``flat_epoch``, ``lr_drop``, reachable ``lr_milestones``) scale with the run;
+    tails counted from the end (``no_aug_epoch``, the epochs after ``data.stop_epoch``) scale as tails, so DEIM's
+    "last 2 of 60 epochs" stays at the end. Values round to whole epochs. Fields named in ``keep`` (set by the
+    user) stay as they are. ``deim_shapes`` at 3 epochs: flat_epoch 6 -> 2, no_aug_epoch 1 -> 0.
+    """
+    old, changes = cfg.epochs, []
+    cfg.epochs = epochs
+
+    def scaled(value: int) -> int:
+        return min(epochs, round(value * epochs / old))
+
+    def update(key: str, obj, name: str, value) -> None:
+        if key not in keep and getattr(obj, name) != value:
+            changes.append(f"{key} {getattr(obj, name)} -> {value}")
+            setattr(obj, name, value)
+
+    update("no_aug_epoch", cfg, "no_aug_epoch", scaled(cfg.no_aug_epoch))
+    update("flat_epoch", cfg, "flat_epoch", min(scaled(cfg.flat_epoch), epochs - cfg.no_aug_epoch))
+    update("lr_drop", cfg, "lr_drop", scaled(cfg.lr_drop) if cfg.lr_drop < old else cfg.lr_drop)
+    # a milestone past the end (RT-DETRv2's 1000: "never") stays one
+    update("lr_milestones", cfg, "lr_milestones", [scaled(m) if m < old else m for m in cfg.lr_milestones])
+    if cfg.data.stop_epoch is not None:
+        update("data.stop_epoch", cfg.data, "stop_epoch", epochs - scaled(max(0, old - cfg.data.stop_epoch)))
+    return changes

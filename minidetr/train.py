@@ -58,6 +58,7 @@ from .evaluation import CocoEvaluator, PostProcess, format_table
 from .logs import MetricsLogger, is_main_process, truncate_metrics
 from .models import build_model
 from .models.rtdetr import RTDETRConfig
+from .optim import scale_epoch_schedule
 
 __all__ = [
     "DataPaths",
@@ -344,6 +345,7 @@ def config_from_args(args, parser) -> TrainConfig:
         cfg = config_from_dict(load_checkpoint(args.resume)["config"])
     else:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
+    preset_epochs = cfg.epochs
     apply_overrides(cfg, args.overrides)
     files = {k: getattr(args, k) for k in ("train_images", "train_ann", "val_images", "val_ann")}
     if args.data and any(files.values()):
@@ -368,6 +370,15 @@ def config_from_args(args, parser) -> TrainConfig:
             setattr(cfg, key, getattr(args, flag))
     if args.compile:
         cfg.compile = True
+    if not args.resume and cfg.epochs != preset_epochs:  # a new run of another length: the recipe stretched
+        epochs, cfg.epochs = cfg.epochs, preset_epochs
+        keep = {item.split("=", 1)[0].strip() for item in args.overrides}
+        changes = scale_epoch_schedule(cfg, epochs, keep)
+        if changes and is_main_process():
+            print(
+                f"{epochs} epochs instead of {cfg.preset}'s {preset_epochs}: schedule scaled to fit "
+                f"({', '.join(changes)}); --set KEY=VALUE keeps a value of your own"
+            )
     return cfg.validate()
 
 

@@ -93,3 +93,25 @@ def test_flat_cosine_rejects_inconsistent_epochs():
     with pytest.raises(ValueError, match="flat_epoch"):
         FlatCosine(10, epochs=10, flat_epoch=9, no_aug_epoch=2)
     assert math.isclose(FlatCosine(10, 10, 0, 0, warmup_iters=0)(50), 0.5 + 0.5 * 0.5)
+
+
+def test_scale_epoch_schedule_stretches_points_and_tails():
+    from minidetr.config import get_preset
+    from minidetr.optim import scale_epoch_schedule
+
+    cfg = get_preset("deim_r50")  # 60 epochs: flat to 34, last 2 without strong augmentation (stop_epoch 58)
+    changes = scale_epoch_schedule(cfg, 120)
+    assert (cfg.epochs, cfg.flat_epoch, cfg.no_aug_epoch, cfg.data.stop_epoch) == (120, 68, 4, 116)
+    assert changes == ["no_aug_epoch 2 -> 4", "flat_epoch 34 -> 68", "data.stop_epoch 58 -> 116"]
+    cfg = get_preset("deim_shapes")  # 12 epochs, flat to 6, 1 no-aug epoch
+    scale_epoch_schedule(cfg, 3)
+    assert (cfg.flat_epoch, cfg.no_aug_epoch) == (2, 0) and cfg.validate()
+    cfg = get_preset("deim_shapes")
+    assert scale_epoch_schedule(cfg, 3, keep=["no_aug_epoch"]) == ["flat_epoch 6 -> 2"]  # the user's value stays
+    assert cfg.no_aug_epoch == 1
+    cfg = get_preset("rtdetrv2_r50")  # milestone 1000 of 72 epochs: never reached, and it stays so
+    scale_epoch_schedule(cfg, 12)
+    assert cfg.lr_milestones == [1000] and cfg.data.stop_epoch == 12
+    cfg = get_preset("detr_r50")  # 500 epochs, drop at 400
+    assert scale_epoch_schedule(cfg, 50) == ["lr_drop 400 -> 40"]
+    assert scale_epoch_schedule(get_preset("detr_r50"), 500) == []

@@ -253,3 +253,18 @@ def test_missing_fast_eval_backend_is_reported_before_training(monkeypatch, tmp_
     with pytest.raises(ConfigError, match="faster-coco-eval, which is not installed.*eval_backend=pycocotools"):
         fit(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+def test_cli_epochs_scale_the_presets_schedule(capsys):
+    from minidetr.train import build_parser, config_from_args
+
+    parser = build_parser()
+    cfg = config_from_args(parser.parse_args(["--epochs", "3"]), parser)  # deim_shapes: 12 epochs, flat to 6
+    assert (cfg.epochs, cfg.flat_epoch, cfg.no_aug_epoch) == (3, 2, 0)
+    out = capsys.readouterr().out
+    assert "3 epochs instead of deim_shapes's 12" in out and "flat_epoch 6 -> 2" in out
+    cfg = config_from_args(parser.parse_args(["--set", "epochs=4", "flat_epoch=1"]), parser)
+    assert (cfg.epochs, cfg.flat_epoch, cfg.no_aug_epoch) == (4, 1, 0)  # the user's flat_epoch is kept
+    assert "(no_aug_epoch 1 -> 0)" in capsys.readouterr().out
+    cfg = config_from_args(parser.parse_args(["--epochs", "12"]), parser)
+    assert (cfg.flat_epoch, cfg.no_aug_epoch) == (6, 1) and "instead of" not in capsys.readouterr().out
