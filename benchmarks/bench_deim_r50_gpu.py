@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from minidetr import engine
 from minidetr.criterion_rtdetr import build_rtdetr_criterion
 from minidetr.ema import ModelEMA
+from minidetr.logs import MetricsLogger, read_metrics
 from minidetr.models.rtdetr import build_rtdetr
 from minidetr.optim import FlatCosine, rtdetr_param_groups
 
@@ -48,7 +51,29 @@ def synthetic_batch(batch: int, size: int, num_classes: int, generator: torch.Ge
     return images.to(device, non_blocking=True), targets
 
 
+class _Timed:
+    """The batches of one timed pass, with the clock stopped (and CUDA synchronised) around it."""
+
+    def __init__(self, batches: list, iters: int, device: torch.device):
+        self.batches, self.iters, self.device, self.seconds = batches, iters, device, 0.0
+
+    def __len__(self) -> int:
+        return self.iters
+
+    def __iter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        for it in range(self.iters):
+            yield self.batches[it % len(self.batches)]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds = time.perf_counter() - start
+
+
 def run(args) -> dict:
+    """Warm-up pass (cuDNN autotuning, compilation), then the timed pass, both through the library's own
+    ``engine.train_one_epoch``: autocast, loss scaling, clipping, EMA and the NaN check as in a real run."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (or pass --device cpu --iters 3 --size 320 to check it)")
@@ -56,59 +81,44 @@ def run(args) -> dict:
     model = build_rtdetr("deim_r50").to(device).train()
     criterion = build_rtdetr_criterion(80, "mal", model.cfg.dec_layers)
     optimizer = torch.optim.AdamW(rtdetr_param_groups(model, 2e-4, 2e-5, 1e-4), lr=2e-4, weight_decay=1e-4)
-    # warm-up shortened so a few hundred iterations reach the flat lr
-    schedule = FlatCosine(args.iters, epochs=1, flat_epoch=1, no_aug_epoch=0, warmup_iters=args.iters // 5)
+    total = args.warmup + args.iters  # warm-up shortened so a few hundred iterations reach the flat lr
+    schedule = FlatCosine(total, epochs=1, flat_epoch=1, no_aug_epoch=0, warmup_iters=max(1, total // 5))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = ModelEMA(model, 0.9999, warmups=2000)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     step_model = torch.compile(model) if args.compile else model
     gen = torch.Generator().manual_seed(0)
     batches = [synthetic_batch(args.batch_size, args.size, 80, gen, device) for _ in range(args.distinct_batches)]
+    kw = dict(clip_max_norm=0.1, ema=ema, scaler=scaler, amp_dtype=amp_dtype, model_takes_targets=True)
 
-    losses, times = [], []
+    warm = _Timed(batches, args.warmup, device)
+    step, _ = engine.train_one_epoch(step_model, criterion, warm, optimizer, scheduler, device, 0, **kw)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for it in range(args.iters):
-        images, targets = batches[it % len(batches)]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = step_model(images, targets)
-        loss_dict = criterion(outputs, targets)  # fp32 inside
-        loss = criterion.total(loss_dict)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        ema.update(model)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-        losses.append(loss.item())
-        if (it + 1) % max(1, args.iters // 10) == 0:
-            print(f"it {it + 1}/{args.iters}  loss {loss.item():.3f}  {times[-1] * 1000:.0f} ms/it", flush=True)
-
-    skip = min(len(times) - 1, max(10, args.iters // 10))  # leave out warm-up (cudnn autotune, compile)
-    steady = times[skip:]
-    window = max(1, len(losses) // 10)
+    timed = _Timed(batches, args.iters, device)
+    log = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    every = max(1, args.iters // 10)
+    with MetricsLogger(log) as logger:
+        kw.update(step=step, logger=logger, log_every=every)
+        engine.train_one_epoch(step_model, criterion, timed, optimizer, scheduler, device, 1, **kw)
+    losses = [r["loss"] for r in read_metrics(log.parent, kind="train")]  # means over each tenth of the pass
+    for r in read_metrics(log.parent, kind="train"):
+        print(f"it {r['step'] - step}/{args.iters}  loss {r['loss']:.3f}", flush=True)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "iters": args.iters,
+        "warmup": args.warmup,
         "batch_size": args.batch_size,
         "size": args.size,
         "amp": args.amp,
         "compile": args.compile,
-        "images_per_s": args.batch_size * len(steady) / sum(steady),
-        "ms_per_iter": 1000 * sum(steady) / len(steady),
+        "images_per_s": args.batch_size * args.iters / timed.seconds,
+        "ms_per_iter": 1000 * timed.seconds / args.iters,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan"),
-        "loss_first": sum(losses[:window]) / window,
-        "loss_last": sum(losses[-window:]) / window,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
@@ -124,11 +134,13 @@ def to_markdown(r: dict) -> str:
             "| what | value |",
             "|---|---|",
             f"| device / torch | {r['device']} / {r['torch']} |",
-            f"| iterations / batch / size | {r['iters']} / {r['batch_size']} / {r['size']} |",
+            f"| iterations (+ warm-up) / batch / size | {r['iters']} (+{r['warmup']}) / {r['batch_size']} / "
+            f"{r['size']} |",
             f"| autocast / torch.compile | {r['amp']} / {r['compile']} |",
             f"| throughput (after warm-up) | {r['images_per_s']:.1f} images/s ({r['ms_per_iter']:.0f} ms/iteration) |",
             f"| peak GPU memory | {r['peak_mem_gib']:.2f} GiB |",
-            f"| loss, first vs last 10% of iterations | {r['loss_first']:.3f} -> {r['loss_last']:.3f} (down: {down}) |",
+            f"| mean loss, first vs last tenth of the timed iterations | {r['loss_first']:.3f} -> "
+            f"{r['loss_last']:.3f} (down: {down}) |",
             f"| measured | {r['date']} |",
         ]
     )
@@ -136,7 +148,8 @@ def to_markdown(r: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--iters", type=int, default=300, help="timed iterations")
+    p.add_argument("--warmup", type=int, default=20, help="untimed iterations first (autotuning, compilation)")
     p.add_argument("--batch-size", type=int, default=4, help="per GPU (official: 4 per GPU on 4 GPUs = 16)")
     p.add_argument("--size", type=int, default=640)
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16")
