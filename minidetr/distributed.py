@@ -9,6 +9,7 @@ DDP averages gradients, so every replica takes the same step; only rank 0 writes
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
 from .logs import get_rank, get_world_size, is_main_process
+
+_log = logging.getLogger("minidetr.train")
 
 __all__ = [
     "DistInfo",
@@ -132,6 +135,8 @@ def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False) ->
         return model
     if sync_bn and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif sync_bn:
+        _log.warning("sync_bn applies on CUDA only: each process keeps its own BatchNorm statistics on %s", device)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 

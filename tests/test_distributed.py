@@ -171,3 +171,22 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
         text = (tmp_path / f"rank{rank}.txt").read_text()
         assert text.startswith("1 non-finite loss at epoch 0, step 1 in "), (rank, text)
         assert "loss_giou" in text.split("(")[0], (rank, text)  # names the bad term, on both ranks
+
+
+def test_sync_batchnorm_conversion_keeps_checkpoints_and_frozen_statistics():
+    """``sync_bn`` (deim_r50 on CUDA) swaps every trainable BatchNorm for SyncBatchNorm: same state-dict keys, so
+    checkpoints load either way; the backbone's frozen statistics (RT-DETRv2's FrozenBatchNorm2d) stay frozen."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from minidetr.models.rtdetr import build_rtdetr
+
+    torch.manual_seed(0)
+    model = build_rtdetr("rtdetrv2_r50")
+    keys = {k: v.shape for k, v in model.state_dict().items()}
+    frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    trainable = sum(type(m) is nn.BatchNorm2d for m in model.modules())
+    assert frozen == 55 and trainable == 42
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == trainable
+    assert sum(isinstance(m, FrozenBatchNorm2d) for m in synced.modules()) == frozen
+    assert {k: v.shape for k, v in synced.state_dict().items()} == keys
