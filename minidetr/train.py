@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from . import engine
 from .builders import (
-    DataPaths,
     build_criterion,
     build_datasets,
     mixed_precision,
@@ -60,16 +59,7 @@ from .models import build_model
 from .models.rtdetr import RTDETRConfig
 from .optim import scale_epoch_schedule
 
-__all__ = [
-    "DataPaths",
-    "resolve_device",
-    "seed_everything",
-    "resolve_data",
-    "build_datasets",
-    "build_criterion",
-    "fit",
-    "CHECKPOINT_NAME",
-]
+__all__ = ["fit", "main", "build_parser", "config_from_args", "build_criterion", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
 _log = logging.getLogger("minidetr.train")
