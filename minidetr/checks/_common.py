@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torch import Tensor
+
 
 class ExerciseNotImplemented(AssertionError):
     """The learner's function still raises NotImplementedError."""
@@ -36,6 +38,20 @@ def call_learner_reporting(
     except Exception as err:
         name = name or getattr(fn, "__name__", repr(fn))
         raise AssertionError(f"{name} raised {type(err).__name__}: {err}{context}") from err
+
+
+def expect_tensor(got: Any, shape: tuple | list, where: str, meaning: str = "") -> Tensor:
+    """``got`` when it is a tensor of ``shape``; otherwise a failure saying what came back instead.
+
+    ``where`` names the call (e.g. ``"focal_loss on case 2"``); ``meaning`` spells the expected shape out,
+    e.g. ``"[B*M, C, Q, P]"`` or ``"one gradient per logit"``.
+    """
+    if not isinstance(got, Tensor):
+        raise AssertionError(f"{where} returned {type(got).__name__}; return a torch.Tensor")
+    if tuple(got.shape) != tuple(shape):
+        spelled = f" ({meaning})" if meaning else ""
+        raise AssertionError(f"{where}: expected shape {tuple(shape)}{spelled}, got {tuple(got.shape)}")
+    return got
 
 
 def passed(message: str) -> None:

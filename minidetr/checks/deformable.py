@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.rtdetr.deformable import sample_level
-from ._common import call_learner, passed
+from ._common import call_learner, expect_tensor, passed
 
 __all__ = ["check_sample_level"]
 
@@ -51,10 +51,7 @@ def check_sample_level(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     for where, v, pts in cases:
         expected = sample_level(v, pts)
         got = call_learner(fn, v.clone(), pts.clone())
-        assert isinstance(got, Tensor), f"on {where}: returned {type(got).__name__}; return a torch.Tensor"
-        assert tuple(got.shape) == tuple(expected.shape), (
-            f"on {where}: shape {tuple(got.shape)}, expected {tuple(expected.shape)} = [B*M, C, Q, P]"
-        )
+        expect_tensor(got, expected.shape, f"on {where}", "[B*M, C, Q, P]")
         got = got.detach().float()
         if not torch.allclose(got, expected, atol=1e-5):
             index = tuple(int(i) for i in ((got - expected).abs() > 1e-5).nonzero()[0])

@@ -18,7 +18,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
 from ..boxes import generalized_box_iou
-from ._common import call_learner, passed
+from ._common import call_learner, expect_tensor, passed
 
 __all__ = ["check_giou", "check_ap_at_iou", "reference_ap_at_iou", "random_detection_case"]
 
@@ -42,13 +42,8 @@ def check_giou(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     for label, a, b in cases:
         got = call_learner(fn, a.clone(), b.clone())
         expected = generalized_box_iou(a, b)
-        if not isinstance(got, Tensor):
-            raise AssertionError(f"{label}: expected a tensor, got {type(got).__name__}")
-        if got.shape != expected.shape:
-            raise AssertionError(
-                f"{label}: boxes1 {tuple(a.shape)} and boxes2 {tuple(b.shape)} should give shape "
-                f"{tuple(expected.shape)} (one value per pair), got {tuple(got.shape)}"
-            )
+        pairs = f"one value per pair of boxes1 {tuple(a.shape)} and boxes2 {tuple(b.shape)}"
+        expect_tensor(got, expected.shape, label, pairs)
         diff = (got.double() - expected).abs()
         if not torch.isfinite(got).all() or diff.max() > 1e-5:
             i, j = divmod(int(torch.nan_to_num(diff, nan=1e9).argmax()), expected.shape[1])

@@ -50,7 +50,7 @@ def _cases(with_quality: bool) -> list[tuple[str, dict]]:
 def _call(fn: Callable, name: str, args: tuple, kwargs: dict) -> Tensor:
     got = call_learner_reporting(fn, args, kwargs, name=name, context=f" (called with {_describe(args, kwargs)})")
     if not isinstance(got, Tensor):
-        raise AssertionError(f"{name} must return a torch.Tensor, got {type(got).__name__}")
+        raise AssertionError(f"{name} returned {type(got).__name__}; return a torch.Tensor")
     return got
 
 

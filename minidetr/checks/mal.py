@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import losses
-from ._common import call_learner_reporting, passed
+from ._common import call_learner_reporting, expect_tensor, passed
 
 __all__ = ["check_vfl_gradient", "check_mal_gradient", "positive_gradient"]
 
@@ -63,13 +63,7 @@ def _check(
                 f"{', ' if params else ''}{', '.join(f'{k}={v}' for k, v in params.items())})"
             )
             got = call_learner_reporting(fn, (x.clone(), q.clone()), params, name=name, context=called_with)
-            if not isinstance(got, Tensor):
-                raise AssertionError(f"{name} must return a torch.Tensor, got {type(got).__name__}")
-            if got.shape != expected.shape:
-                raise AssertionError(
-                    f"{name} {where}: expected shape {tuple(expected.shape)} (one gradient per logit), "
-                    f"got {tuple(got.shape)}."
-                )
+            expect_tensor(got, expected.shape, f"{name} {where}", "one gradient per logit")
             got = got.detach().double()
             if not torch.isfinite(got).all():
                 bad = tuple(int(i) for i in torch.nonzero(~torch.isfinite(got))[0])

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..criterion import box_losses
 from ..models.position_encoding import sine_position_encoding
-from ._common import call_learner, passed
+from ._common import call_learner, expect_tensor, passed
 
 __all__ = ["check_sine_position_encoding", "check_box_losses"]
 
@@ -26,10 +26,7 @@ def check_sine_position_encoding(fn: Callable[[int, int, int], Tensor]) -> None:
         expected = sine_position_encoding(height, width, dim)
         got = call_learner(fn, height, width, dim)
         where = f"sine_position_encoding(height={height}, width={width}, dim={dim})"
-        assert isinstance(got, Tensor), f"{where} returned {type(got).__name__}; return a torch.Tensor"
-        assert tuple(got.shape) == tuple(expected.shape), (
-            f"{where} has shape {tuple(got.shape)}, expected {tuple(expected.shape)} = [dim, height, width]"
-        )
+        expect_tensor(got, expected.shape, where, "[dim, height, width]")
         got = got.detach().float().cpu()
         if torch.allclose(got, expected, atol=1e-4):
             continue
