@@ -16,11 +16,11 @@ boxes in the batch averaged over processes, so every target weighs the same what
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
+from .distributed import all_reduce_mean
 from .losses import CLASSIFICATION_LOSS_DEFAULTS, classification_loss, softmax_cross_entropy
 from .matching import HungarianMatcher
 
@@ -42,11 +42,7 @@ def box_losses(pred_boxes: Tensor, target_boxes: Tensor, num_boxes: float) -> di
 def num_boxes_across_processes(targets: list[dict[str, Tensor]], device: torch.device) -> float:
     """Targets in the batch, summed over processes (when distributed) and divided by their number, >= 1."""
     num = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-    world = 1
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num)
-        world = dist.get_world_size()
-    return max(num.item() / world, 1.0)
+    return max(all_reduce_mean(num).item(), 1.0)
 
 
 class SetCriterion(nn.Module):

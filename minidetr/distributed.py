@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
-from .logs import get_rank, get_world_size, is_main_process
+from .logs import get_rank, get_world_size, is_distributed, is_main_process
 
 _log = logging.getLogger("minidetr.train")
 
@@ -46,10 +46,6 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def init_distributed(device: torch.device | str | None = None) -> DistInfo:

@@ -24,6 +24,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 
 from .boxes import box_cxcywh_to_xyxy
+from .distributed import all_gather_objects, is_distributed
 
 __all__ = ["PostProcess", "CocoEvaluator", "STAT_NAMES", "format_table"]
 
@@ -141,10 +142,9 @@ class CocoEvaluator:
         Each rank evaluates its share of the val set (DistributedSampler), so before ``summarize()`` the
         results are pooled; a DistributedSampler pads with repeated images, hence the de-duplication.
         """
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not is_distributed():
             return
-        gathered: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, (self.image_ids, self.results))
+        gathered = all_gather_objects((self.image_ids, self.results))
         seen: set[int] = set()
         self.image_ids, self.results = [], []
         for image_ids, results in gathered:

@@ -28,6 +28,7 @@ __all__ = [
     "is_main_process",
     "get_rank",
     "get_world_size",
+    "is_distributed",
     "MetricsLogger",
     "read_metrics",
     "series",
@@ -35,14 +36,19 @@ __all__ = [
 ]
 
 
+def is_distributed() -> bool:
+    """True inside an initialised torch.distributed process group (torchrun), else False."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def get_rank() -> int:
     """This process's rank under torch.distributed, 0 when not distributed."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return dist.get_rank() if is_distributed() else 0
 
 
 def get_world_size() -> int:
     """Number of training processes, 1 when not distributed."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main_process() -> bool:
