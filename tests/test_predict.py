@@ -1,5 +1,5 @@
 """minidetr.predict: a checkpoint's model rebuilt from its stored config, predictions that match the
-evaluation path, drawn images, and the command line."""
+evaluation path, drawn images, the command line, and official DEIM / RT-DETRv2 weights with a preset."""
 
 import pytest
 import torch
@@ -8,8 +8,11 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from minidetr.config import get_preset
 from minidetr.data import CocoDetection, build_transforms
+from minidetr.data.coco_names import COCO_CLASS_NAMES
 from minidetr.data.shapes import CLASS_NAMES, generate
 from minidetr.evaluation import PostProcess
+from minidetr.models.rtdetr import build_rtdetr
+from minidetr.models.rtdetr.convert import minidetr_to_official
 from minidetr.predict import draw_detections, load_model, main, predict
 from minidetr.train import fit
 
@@ -33,6 +36,17 @@ def test_load_model_rebuilds_the_trained_model(trained):
     saved = torch.load(ckpt, weights_only=True)["model"]
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
+
+
+def test_load_model_prefers_the_ema_weights(trained, tmp_path):
+    """A run with EMA evaluated the EMA weights, so those are the ones to predict with."""
+    _, ckpt = trained
+    state = torch.load(ckpt, weights_only=True)
+    ema = {k: (v + 1 if v.is_floating_point() else v) for k, v in state["model"].items()}
+    torch.save({**state, "ema": {"module": ema, "updates": 3}}, tmp_path / "with_ema.pth")
+    model, _, _ = load_model(tmp_path / "with_ema.pth")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ema[k], rtol=0, atol=0)
 
 
 def test_predict_matches_the_validation_path(trained):
@@ -100,3 +114,72 @@ def test_cli_errors_are_one_line(trained, tmp_path, argv, word, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv + ["--output", str(tmp_path)])
     assert e.value.code != 0 and word in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    """A fake released checkpoint: DEIM-R50 weights under the official names, in the official file layout."""
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    source = build_rtdetr("deim_r50").eval()
+    state = minidetr_to_official(source.state_dict())
+    path = tmp_path_factory.mktemp("official") / "deim_rtdetrv2_r50vd_60e_coco.pth"
+    torch.save({"model": state, "ema": {"module": state, "updates": 1}, "date": "2025-01-01"}, path)
+    image = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    image_path = path.parent / "street.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(image_path)
+    return source, path, image_path
+
+
+def test_official_weights_load_with_a_preset_and_coco_names(official):
+    source, path, _ = official
+    model, cfg, names = load_model(path, preset="deim_r50")
+    assert not model.training and cfg.preset == "deim_r50" and cfg.data.image_size == 640
+    assert names == list(COCO_CLASS_NAMES) and names[0] == "person" and len(names) == 80
+    expected = source.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+def test_predict_uses_the_sigmoid_head_of_rtdetr_models(official):
+    """The official preprocessing (squash to a square, [0, 1], no mean/std) and top-k over Q*K sigmoid scores."""
+    source, _, image_path = official
+    image = pil_to_tensor(Image.open(image_path).convert("RGB")).float() / 255  # float: no uint8 rounding
+    got = predict(source, [image], 320, threshold=0.0)[0]
+    batch = torch.nn.functional.interpolate(image[None], size=(320, 320), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        expected = PostProcess(use_focal=True)(source(batch), torch.tensor([[96, 128]]))[0]
+    assert len(got["scores"]) == 100 and int(got["labels"].max()) < 80
+    for k in ("scores", "labels", "boxes"):
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
+
+
+def test_cli_runs_official_weights_with_a_preset(official, tmp_path, capsys):
+    _, path, image_path = official
+    argv = ["--checkpoint", str(path), str(image_path), "--output", str(tmp_path), "--threshold", "0"]
+    written = main([*argv, "--preset", "deim_r50", "--image-size", "320"])
+    assert [p.name for p in written] == ["street_pred.png"] and Image.open(written[0]).size == (128, 96)
+    out = capsys.readouterr().out
+    assert "street.png: " in out and any(f" {name} 0." in out for name in COCO_CLASS_NAMES)
+    with pytest.raises(SystemExit):
+        main(argv)  # no preset: the model cannot be rebuilt
+    assert "--preset deim_r50" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--preset", "deim_r50", "--image-size", "100"])
+    assert "multiple of 32" in capsys.readouterr().err
+
+
+def test_wrong_preset_for_official_weights_says_which_fits(official, tmp_path, capsys):
+    _, path, image_path = official
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(path), str(image_path), "--preset", "rtdetrv2_r50", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert str(path) in err and "--preset deim_r50" in err
+
+
+def test_preset_with_a_minidetr_checkpoint_is_refused(trained, tmp_path, capsys):
+    shapes, ckpt = trained
+    image = str(sorted(shapes.val_images.iterdir())[0])
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), image, "--preset", "deim_r50", "--output", str(tmp_path)])
+    assert "drop --preset" in capsys.readouterr().err

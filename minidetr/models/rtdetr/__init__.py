@@ -1,5 +1,12 @@
 """RT-DETRv2 and DEIM-RT-DETRv2: ResNet-vd backbone, hybrid encoder, deformable decoder, contrastive denoising."""
 
+from .convert import (
+    load_official_weights,
+    minidetr_to_official,
+    official_to_minidetr,
+    read_checkpoint,
+    unwrap_official_checkpoint,
+)
 from .decoder import MLP, DecoderLayer, RTDETRDecoder, generate_anchors
 from .deformable import MSDeformableAttention, deformable_attention_core, sample_level
 from .denoising import build_denoising_queries, denoising_attention_mask, dn_matched_indices, inverse_sigmoid
@@ -29,6 +36,11 @@ __all__ = [
     "freeze_batch_norm",
     "generate_anchors",
     "inverse_sigmoid",
+    "load_official_weights",
+    "minidetr_to_official",
+    "official_to_minidetr",
+    "read_checkpoint",
+    "unwrap_official_checkpoint",
     "sample_level",
     "sincos_position_embedding_2d",
 ]

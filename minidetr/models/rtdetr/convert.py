@@ -1,0 +1,243 @@
+"""Load the official DEIM (ShihuaHuang95/DEIM) and RT-DETRv2 (lyuwenyu/RT-DETR) checkpoints into ``RTDETR``.
+
+minidetr's ``deim_r50`` / ``rtdetrv2_r50`` compute the same function as the official DEIM-RT-DETRv2-R50 and
+RT-DETRv2-R50; only some module names differ. 609 (DEIM) / 552 (RT-DETRv2) keys are already the same; the
+others are renamed (``minidetr <- official``)::
+
+    encoder.input_proj.{l}.0 / .1      <- encoder.input_proj.{l}.conv / .norm
+    encoder.encoder.{j}                <- encoder.encoder.0.layers.{j}   (one AIFI stack, on C5)
+    decoder.input_proj.{l}.0 / .1      <- decoder.input_proj.{l}.conv / .norm
+    decoder.layers.{i}                 <- decoder.decoder.layers.{i}
+    decoder.enc_output.0 / .1          <- decoder.enc_output.proj / .norm
+
+Three official buffers are dropped because minidetr recomputes them (``minidetr_to_official`` rebuilds them):
+``decoder.anchors [1, N, 4]`` and ``decoder.valid_mask [1, N, 1]`` (the 640x640 anchors, N = 8400) and each
+layer's ``cross_attn.num_points_scale [P]`` (1 / points of the level, minidetr's ``point_scale``).
+
+An official ``.pth`` holds ``{"model": state_dict, "ema": {"module": state_dict, "updates": n}, ...}``; the
+released weights are the EMA ones. Typical use::
+
+    model = build_rtdetr("deim_r50")
+    load_official_weights(model, "deim_rtdetrv2_r50vd_60e_coco.pth")   # labels 0..79: coco_names.py
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...checkpoint import CheckpointError
+from .decoder import generate_anchors
+from .model import RTDETR_MODEL_PRESETS, build_rtdetr
+
+__all__ = [
+    "official_to_minidetr",
+    "minidetr_to_official",
+    "read_checkpoint",
+    "unwrap_official_checkpoint",
+    "load_official_weights",
+]
+
+# (official, minidetr) key prefixes; ``{n}`` is a layer index.
+_RENAMES = (
+    ("encoder.input_proj.{n}.conv.", "encoder.input_proj.{n}.0."),
+    ("encoder.input_proj.{n}.norm.", "encoder.input_proj.{n}.1."),
+    ("encoder.encoder.0.layers.{n}.", "encoder.encoder.{n}."),
+    ("decoder.input_proj.{n}.conv.", "decoder.input_proj.{n}.0."),
+    ("decoder.input_proj.{n}.norm.", "decoder.input_proj.{n}.1."),
+    ("decoder.decoder.layers.{n}.", "decoder.layers.{n}."),
+    ("decoder.enc_output.proj.", "decoder.enc_output.0."),
+    ("decoder.enc_output.norm.", "decoder.enc_output.1."),
+)
+
+
+def _rules(src: int) -> list[tuple[re.Pattern, str]]:
+    """Regexes from column ``src`` of ``_RENAMES`` (0 official, 1 minidetr) to the other column."""
+    out = []
+    for pair in _RENAMES:
+        pattern = "^" + re.escape(pair[src]).replace(r"\{n\}", r"(\d+)")
+        out.append((re.compile(pattern), pair[1 - src].replace("{n}", r"\1")))
+    return out
+
+
+_TO_MINIDETR, _TO_OFFICIAL = _rules(0), _rules(1)
+_DROPPED = re.compile(r"^decoder\.anchors$|^decoder\.valid_mask$|\.cross_attn\.num_points_scale$")
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pattern, repl in rules:
+        new, hits = pattern.subn(repl, key, count=1)
+        if hits:  # first rule wins: the prefixes do not overlap, so at most one applies
+            return new
+    return key
+
+
+def official_to_minidetr(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An official state dict with minidetr's key names; the three recomputed buffers left out. Tensors are
+    shared, not copied. Keys that are already minidetr's pass unchanged, so converting twice is harmless."""
+    if any(k.startswith("encoder.encoder.1.layers.") for k in state_dict):
+        raise ValueError(
+            "this checkpoint runs AIFI on more than one feature level (use_encoder_idx with several entries); "
+            "minidetr's HybridEncoder runs it on C5 only, as every released DEIM / RT-DETRv2 model does"
+        )
+    return {_rename(k, _TO_MINIDETR): v for k, v in state_dict.items() if not _DROPPED.search(k)}
+
+
+def minidetr_to_official(
+    state_dict: Mapping[str, Tensor], num_points: Sequence[int] = (4, 4, 4), eval_size: int | None = 640
+) -> dict[str, Tensor]:
+    """The inverse of ``official_to_minidetr``: official key names, plus the three buffers it dropped.
+
+    The buffers are recomputed as the official models register them: ``decoder.anchors`` / ``valid_mask``
+    for an ``eval_size`` x ``eval_size`` input (strides 8, 16, 32; ``None`` leaves them out, as an official
+    model built without ``eval_spatial_size`` has none) and ``num_points_scale`` from ``num_points``
+    (sampling points per level; (4, 4, 4) in both R50 models). The result has the official model's keys
+    and shapes, so the official code can load it with ``strict=True``.
+    """
+    out = {_rename(k, _TO_OFFICIAL): v for k, v in state_dict.items()}
+    layers = sorted({m.group(1) for k in out if (m := re.match(r"^decoder\.decoder\.layers\.(\d+)\.", k))}, key=int)
+    scale = torch.tensor([1.0 / n for n in num_points for _ in range(n)])
+    for i in layers:
+        rows = out[f"decoder.decoder.layers.{i}.cross_attn.attention_weights.weight"].shape[0]  # heads * P
+        if rows % len(scale):
+            raise ValueError(
+                f"num_points={tuple(num_points)} (P={len(scale)}) does not fit layer {i}'s "
+                f"{rows} attention weights (heads * P); pass the model's cfg.num_points"
+            )
+        out[f"decoder.decoder.layers.{i}.cross_attn.num_points_scale"] = scale.clone()
+    if eval_size is not None and layers:
+        anchors, valid = generate_anchors([(eval_size // s, eval_size // s) for s in (8, 16, 32)])
+        out["decoder.anchors"], out["decoder.valid_mask"] = anchors, valid
+    return out
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a ``.pth`` file with ``torch.load(weights_only=True)``: tensors and plain values only, so opening a
+    downloaded file cannot run code. Raises ``FileNotFoundError`` / ``CheckpointError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated download, pickled code, not a torch file
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {e}). If the download is complete and "
+            f"you trust the file, load it yourself with torch.load(..., weights_only=False) and pass the dict"
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def unwrap_official_checkpoint(obj: Mapping[str, Any], use_ema: bool = True) -> dict[str, Tensor]:
+    """The model state dict inside an official checkpoint: ``obj["ema"]["module"]`` when ``use_ema`` and it is
+    there, else ``obj["model"]``, else ``obj`` itself if it is already a state dict. A DDP ``module.`` prefix
+    is stripped."""
+    ema = obj.get("ema")
+    if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
+        state = ema["module"]
+    elif isinstance(obj.get("model"), Mapping):
+        state = obj["model"]
+    elif obj and all(isinstance(v, Tensor) for v in obj.values()):
+        state = obj
+    else:
+        raise CheckpointError(
+            f"no model weights found: expected an 'ema' or 'model' entry, got entries {sorted(obj)[:8]}"
+        )
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_official_weights(model: nn.Module, source: str | Path | Mapping[str, Any], use_ema: bool = True) -> nn.Module:
+    """Load an official DEIM / RT-DETRv2 checkpoint (file path or loaded dict) into ``model``, strictly.
+
+    Every key and shape must fit. Otherwise a ``CheckpointError`` names the file, the first missing, unexpected
+    and mismatched keys, and what to do: another preset, another ``num_classes``, or a model minidetr lacks
+    (D-FINE, other depths). Returns ``model``.
+    """
+    where = str(source) if isinstance(source, (str, Path)) else "the checkpoint"
+    obj = read_checkpoint(source) if isinstance(source, (str, Path)) else source
+    if "config" in obj and "model" in obj:
+        raise CheckpointError(
+            f"{where} is a minidetr training checkpoint, not an official one: "
+            f"use minidetr.predict.load_model or model.load_state_dict(ckpt['model'])"
+        )
+    try:
+        state = official_to_minidetr(unwrap_official_checkpoint(obj, use_ema))
+    except (ValueError, CheckpointError) as e:
+        raise CheckpointError(f"{where}: {e}") from e
+    problem = _mismatch_report(model, state)
+    if problem:
+        raise CheckpointError(f"{where} does not fit this model ({_describe(model)}).\n{problem}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _describe(model: nn.Module) -> str:
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        return type(model).__name__
+    return f"{cfg.name}, {cfg.backbone}, num_classes={cfg.num_classes}"
+
+
+def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _mismatch_report(model: nn.Module, state: Mapping[str, Tensor]) -> str:
+    """Empty when ``state`` loads strictly into ``model``; otherwise what differs and the likely fix."""
+    want, got = _shapes(model.state_dict()), _shapes(state)
+    missing = [k for k in want if k not in got]
+    unexpected = [k for k in got if k not in want]
+    shapes = [
+        f"{k}: checkpoint {list(got[k])} vs model {list(want[k])}" for k in want if k in got and got[k] != want[k]
+    ]
+    if not (missing or unexpected or shapes):
+        return ""
+    found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": shapes}
+    lines = [f"{len(what)} {name}, first: {what[:3]}" for name, what in found.items() if what]
+    return "\n".join(lines + [_hint(got, want)])
+
+
+def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str:
+    if any(k in got for k in ("decoder.up", "decoder.reg_scale")) or any(".lqe_layers." in k for k in got):
+        return (
+            "What to do: this looks like a D-FINE / DEIM-D-FINE checkpoint (fine-grained distribution decoder, "
+            "HGNetv2 backbone). minidetr implements only the RT-DETRv2-based models: use the DEIM-RT-DETRv2 or "
+            "RT-DETRv2 R50 weights."
+        )
+    head = "decoder.enc_score_head.weight"
+    if head in got and head in want and got[head][0] != want[head][0]:
+        return (
+            f"What to do: the checkpoint predicts {got[head][0]} classes and the model {want[head][0]} (e.g. "
+            f"Objects365 pre-training weights, or a fine-tuned model): build the model with "
+            f"num_classes={got[head][0]} (training CLI: --set model.num_classes={got[head][0]})."
+        )
+    matches = _matching_presets(got)
+    if matches:
+        name = matches[0]
+        return f"What to do: the checkpoint fits the preset {name!r}: build_rtdetr({name!r}) / --preset {name}."
+    return (
+        "What to do: build the model the checkpoint was trained as: deim_r50 for the DEIM-RT-DETRv2-R50 "
+        "weights, rtdetrv2_r50 for the RT-DETRv2-R50 ones. Other depths (R18/R34/R101) have no minidetr "
+        "preset: build an RTDETRConfig with the official config's backbone and sizes."
+    )
+
+
+def _matching_presets(got: dict[str, tuple[int, ...]]) -> list[str]:
+    """Names of the model presets whose keys and shapes equal ``got`` (built on the meta device: no memory)."""
+    names = []
+    for name, make in RTDETR_MODEL_PRESETS.items():
+        cfg = make()
+        head = got.get("decoder.enc_score_head.weight")
+        if head:
+            cfg.num_classes = head[0]
+        with torch.device("meta"):
+            candidate = build_rtdetr(cfg, pretrained_backbone=False)
+        if _shapes(candidate.state_dict()) == got:
+            names.append(name)
+    return names
