@@ -140,7 +140,7 @@ def test_the_other_models_checkpoint_is_refused_with_the_right_preset(name, othe
 
 def test_wrong_num_classes_is_refused():
     objects365 = minidetr_to_official(meta_model("deim_r50", num_classes=365).state_dict())
-    with pytest.raises(CheckpointError, match=r"365 classes and the model 80.*model.num_classes=365"):
+    with pytest.raises(CheckpointError, match=r"365 classes and the model 80.*cfg.num_classes = 365"):
         load_official_weights(meta_model("deim_r50"), {"ema": {"module": objects365}})
 
 

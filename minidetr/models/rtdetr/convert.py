@@ -215,7 +215,7 @@ def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> 
         return (
             f"What to do: the checkpoint predicts {got[head][0]} classes and the model {want[head][0]} (e.g. "
             f"Objects365 pre-training weights, or a fine-tuned model): build the model with "
-            f"num_classes={got[head][0]} (training CLI: --set model.num_classes={got[head][0]})."
+            f"num_classes={got[head][0]} (cfg = RTDETR_MODEL_PRESETS[name](); cfg.num_classes = {got[head][0]})."
         )
     matches = _matching_presets(got)
     if matches:
