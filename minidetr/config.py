@@ -63,6 +63,9 @@ class DataConfig:
     augment: bool = True  # False: resize + horizontal flip only
     zoom_out_max: float = 4.0  # RT-DETR's canvas scale limit; lower keeps small objects visible on small images
     stop_epoch: int | None = None  # strong augmentations off from this epoch on (RT-DETR); None: never
+    # RT-DETRv2 / DEIM multi-scale training: each train batch resized to a random side from this list until
+    # stop_epoch (minidetr.data.MultiScaleCollate); [] keeps image_size. Official: 480..800, 640 three times.
+    multiscale_sizes: list[int] = field(default_factory=list)
     # Synthetic dataset parameters (used when source == "shapes").
     # DEIM's Dense O2O (mosaic, mixup and their epoch policy): a later issue. The hooks exist so presets can
     # name them; anything but the defaults is refused by validate() until the pipeline implements them.
@@ -153,6 +156,11 @@ class TrainConfig:
             missing = [k for k in ("train_images", "train_ann", "val_images", "val_ann") if not getattr(d, k)]
             if missing:
                 raise ConfigError(f"data.source='files' needs all four paths; missing: {', '.join(missing)}")
+        if any(s <= 0 or s % 32 for s in d.multiscale_sizes):
+            raise ConfigError(
+                f"data.multiscale_sizes={d.multiscale_sizes}: every size must be a positive multiple of 32 "
+                "(the coarsest feature map has stride 32)"
+            )
         if d.mosaic_prob or d.mixup_prob or d.policy_epochs:
             raise ConfigError(
                 "data.mosaic_prob / data.mixup_prob / data.policy_epochs (DEIM's Dense O2O) are not implemented "

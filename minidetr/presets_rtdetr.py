@@ -53,6 +53,8 @@ def rtdetr_shapes() -> TrainConfig:
 
 def _rtdetr_r50_common(cfg: TrainConfig) -> TrainConfig:
     cfg.data = DataConfig(source="coco", image_size=640)  # squashed to 640x640, no mean/std (RT-DETR style)
+    # multi-scale training until data.stop_epoch: one random side per batch (base 640 repeated 3 times)
+    cfg.data.multiscale_sizes = [480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]
     cfg.param_groups, cfg.weight_decay, cfg.clip_max_norm = "rtdetr", 1e-4, 0.1
     cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou = 2.0, 5.0, 2.0
     cfg.class_loss_coef, cfg.bbox_loss_coef, cfg.giou_loss_coef = 1.0, 5.0, 2.0
@@ -81,7 +83,7 @@ def deim_r50() -> TrainConfig:
     cfg.model = RTDETR_MODEL_PRESETS["deim_r50"]()  # 42,943,596 parameters, ~137 GFLOPs at 640
     cfg.loss_class, cfg.lr, cfg.lr_backbone, cfg.epochs = "mal", 2e-4, 2e-5, 60
     cfg.lr_schedule, cfg.flat_epoch, cfg.no_aug_epoch, cfg.lr_gamma = "flat_cosine", 34, 2, 0.5
-    cfg.data.stop_epoch = 58  # strong augmentations off for the last 2 epochs
+    cfg.data.stop_epoch = 58  # strong augmentations and multi-scale off for the last 2 epochs
     return cfg
 
 
@@ -91,7 +93,8 @@ def rtdetrv2_r50() -> TrainConfig:
     # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset rtdetrv2_r50 --data /path/to/coco
     # Batch arithmetic: 2 x 8 = 16 images/step, 7,392 steps/epoch, 72 epochs = 532,224 steps.
     # Schedule: lr 1e-4 (backbone 1e-5), linear warm-up 2000 steps, then constant (the milestone at epoch 1000
-    #   is never reached); frozen stem and BatchNorm in the backbone; strong augmentations off for the last epoch.
+    #   is never reached); frozen stem and BatchNorm in the backbone; strong augmentations and multi-scale off for
+    #   the last epoch.
     cfg = _rtdetr_r50_common(TrainConfig(preset="rtdetrv2_r50"))
     cfg.model = RTDETR_MODEL_PRESETS["rtdetrv2_r50"]()  # 42,891,372 parameters (42,862,860 trainable)
     cfg.loss_class, cfg.lr, cfg.lr_backbone, cfg.epochs = "vfl", 1e-4, 1e-5, 72

@@ -50,7 +50,7 @@ from .config import (
     preset_descriptions,
     save_config,
 )
-from .data import DatasetError, build_dataloader
+from .data import DatasetError, MultiScaleCollate, build_dataloader
 from .distributed import all_gather_objects, init_distributed, wrap_model
 from .ema import ModelEMA
 from .evaluation import CocoEvaluator, PostProcess, format_table
@@ -112,7 +112,8 @@ def fit(
 
     seed_everything(cfg.seed)
     shard = dist_info.distributed  # each process reads its own share of the images
-    train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, shard)
+    multiscale = MultiScaleCollate(cfg.data.multiscale_sizes, cfg.data.stop_epoch)
+    train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, shard, multiscale)
     val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed, shard)
     model = build_model(cfg.model).to(device)
     criterion = build_criterion(cfg).to(device)
@@ -152,6 +153,7 @@ def fit(
     with MetricsLogger(out / "metrics.jsonl", append=state is not None) as logger:
         for epoch in range(start_epoch, cfg.epochs):
             train_set.set_epoch(epoch)  # augmentation policies switch by epoch (RT-DETR's stop_epoch)
+            multiscale.set_epoch(epoch)  # and so does multi-scale training
             if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
                 train_loader.sampler.set_epoch(epoch)
             step, means = engine.train_one_epoch(

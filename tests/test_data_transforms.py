@@ -96,3 +96,32 @@ def test_build_dataloader_batches_and_is_seeded(tmp_path):
     val = list(build_dataloader(ds, 3, train=False))
     assert [len(ts) for _, ts in val] == [3, 3, 1] and val[0][0].shape == (3, 3, 64, 64)
     assert [t["image_id"] for _, ts in val for t in ts] == list(range(1, 8))
+
+
+def test_multiscale_collate_draws_a_side_per_batch_until_stop_epoch(tmp_path):
+    import random
+
+    from minidetr.data import MultiScaleCollate
+
+    batch = [(torch.rand(3, 64, 64), {"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]]), "labels": torch.tensor([i])})
+             for i in range(2)]  # fmt: skip
+    collate = MultiScaleCollate([32, 96, 128], stop_epoch=3)
+    random.seed(0)
+    sides = [collate(batch)[0].shape[-1] for _ in range(30)]
+    assert set(sides) == {32, 96, 128}  # one side per batch, drawn from the list
+    random.seed(0)
+    assert [collate(batch)[0].shape[-1] for _ in range(30)] == sides  # Python's seeded random decides
+    images, targets = collate(batch)
+    side = images.shape[-1]
+    expected = torch.nn.functional.interpolate(torch.stack([b[0] for b in batch]), size=(side, side), mode="nearest")
+    torch.testing.assert_close(images, expected)  # nearest neighbour, as the official collate
+    assert targets[0]["boxes"].equal(batch[0][1]["boxes"])  # normalised boxes stay
+    collate.set_epoch(3)
+    assert {collate(batch)[0].shape[-1] for _ in range(10)} == {64}  # off from stop_epoch on
+    # the epoch reaches the loader's (non-persistent) worker processes
+    paths = ensure_shapes(tmp_path, num_train=4, num_val=2, seed=0, image_size=64)
+    ds = CocoDetection(paths.train_images, paths.train_ann, build_transforms(False, 64))
+    loader = build_dataloader(ds, 2, train=True, num_workers=1, collate=collate)
+    assert {images.shape[-1] for images, _ in loader} == {64}
+    collate.set_epoch(0)
+    assert {images.shape[-1] for _ in range(5) for images, _ in loader} != {64}

@@ -140,6 +140,7 @@ def test_unknown_preset(capsys):
         ("model.aux_loss=maybe", ("model.aux_loss", "bool", "maybe")),
         ("lr_schedule=linear", ("lr_schedule", "step", "cosine")),
         ("epochs", ("key=value",)),
+        ("data.multiscale_sizes=480,500", ("data.multiscale_sizes", "500", "multiple of 32")),
     ],
 )
 def test_bad_overrides(override, needles, capsys):

@@ -29,7 +29,9 @@ TINY = [
 
 @pytest.mark.parametrize("preset", ["deim_shapes", "rtdetr_shapes"])
 def test_train_cli_end_to_end(preset, tmp_path):
-    stats = main(["--preset", preset, "--set", *TINY, "--output", str(tmp_path), "--no-progress", "--device", "cpu"])
+    multiscale = ["data.multiscale_sizes=32,64,96"] if preset == "deim_shapes" else []  # the full presets' path
+    argv = ["--preset", preset, "--set", *TINY, *multiscale, "--output", str(tmp_path), "--no-progress"]
+    stats = main([*argv, "--device", "cpu"])
     assert 0 <= stats["AP"] <= 1 and stats["epoch"] == 0
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"]["name"] == ("deim" if preset == "deim_shapes" else "rtdetrv2")
@@ -62,9 +64,12 @@ def test_full_size_presets_are_the_official_recipes():
     assert deim.ema and (deim.ema_decay, deim.ema_warmups) == (0.9999, 2000) and deim.amp != "none"
     assert (deim.set_cost_class, deim.set_cost_bbox, deim.set_cost_giou) == (2.0, 5.0, 2.0)
     assert deim.data.image_size == 640 and deim.data.mosaic_prob == 0 and deim.data.mixup_prob == 0
+    scales = [480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]  # base 640 repeated 3 times
+    assert deim.data.multiscale_sizes == scales and deim.data.stop_epoch == 58
     v2 = get_preset("rtdetrv2_r50")
     assert (v2.loss_class, v2.lr, v2.lr_backbone, v2.epochs, v2.lr_schedule) == ("vfl", 1e-4, 1e-5, 72, "multistep")
     assert v2.model.freeze_norm and v2.model.freeze_at == 0
+    assert v2.data.multiscale_sizes == scales and v2.data.stop_epoch == 71
 
 
 def test_rtdetr_config_round_trip_and_overrides():
