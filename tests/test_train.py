@@ -256,7 +256,7 @@ def test_missing_fast_eval_backend_is_reported_before_training(monkeypatch, tmp_
 
 
 def test_cli_epochs_scale_the_presets_schedule(capsys):
-    from minidetr.train import build_parser, config_from_args
+    from minidetr.train_cli import build_parser, config_from_args
 
     parser = build_parser()
     cfg = config_from_args(parser.parse_args(["--epochs", "3"]), parser)  # deim_shapes: 12 epochs, flat to 6

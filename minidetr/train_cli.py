@@ -1,0 +1,167 @@
+"""The command line of ``python -m minidetr.train``: presets, ``--set`` overrides and flags into a checked
+``TrainConfig``, then ``minidetr.train.fit``. Errors of the user's data, config or checkpoint end with the message
+and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import engine
+from .builders import resolve_device
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import (
+    DEFAULT_PRESET,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    get_preset,
+    preset_descriptions,
+)
+from .data import DatasetError
+from .logs import is_main_process
+from .optim import scale_epoch_schedule
+from .train import CHECKPOINT_NAME, fit
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m minidetr.train",
+        description=f"Train a DETR-style detector. With no argument: preset {DEFAULT_PRESET} on the synthetic "
+        "shapes dataset (generated once, cached), ending with the COCO AP table.",
+    )
+    p.add_argument("--preset", help=f"training preset (default {DEFAULT_PRESET}; see --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets with their descriptions and exit")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config fields, e.g. --set epochs=3 model.hidden_dim=64 data.image_size=96",
+    )
+    g = p.add_argument_group("data (default: the synthetic shapes dataset)")
+    g.add_argument("--data", metavar="ROOT", help="COCO 2017 folder (train2017/, val2017/, annotations/)")
+    g.add_argument("--train-images", metavar="DIR")
+    g.add_argument("--train-ann", metavar="FILE")
+    g.add_argument("--val-images", metavar="DIR")
+    g.add_argument("--val-ann", metavar="FILE")
+    p.add_argument("--epochs", type=_positive(int), help="number of epochs")
+    p.add_argument("--batch-size", type=_positive(int), help="images per step (per process)")
+    p.add_argument("--lr", type=_positive(float), help="learning rate of the transformer and heads")
+    p.add_argument("--output", metavar="DIR", help="run folder (default runs/PRESET, or the resumed checkpoint's)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth (its config unless --preset)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (same as --set compile=true)")
+    p.add_argument("--num-workers", type=_positive(int, allow_zero=True))
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (the config, epoch lines and AP table still print)"
+    )
+    return p
+
+
+def _positive(tp, allow_zero: bool = False):
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {tp.__name__}") from None
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'>= 0' if allow_zero else '> 0'}")
+        return value
+
+    parse.__name__ = tp.__name__
+    return parse
+
+
+def config_from_args(args, parser) -> TrainConfig:
+    """The run's config: preset (or the resumed checkpoint's config), then --set, then explicit flags."""
+    if args.resume and args.preset is None:
+        cfg = config_from_dict(load_checkpoint(args.resume)["config"])
+    else:
+        cfg = get_preset(args.preset or DEFAULT_PRESET)
+    preset_epochs = cfg.epochs
+    apply_overrides(cfg, args.overrides)
+    files = {k: getattr(args, k) for k in ("train_images", "train_ann", "val_images", "val_ann")}
+    if args.data and any(files.values()):
+        parser.error("give either --data ROOT or the four --train-images/--train-ann/--val-images/--val-ann")
+    if args.data:
+        cfg.data.source, cfg.data.root = "coco", args.data
+    elif any(files.values()):
+        missing = ["--" + k.replace("_", "-") for k, v in files.items() if not v]
+        if missing:
+            parser.error(f"a COCO-format dataset needs all four paths; missing {' '.join(missing)}")
+        cfg.data.source = "files"
+        for k, v in files.items():
+            setattr(cfg.data, k, v)
+    for flag, key in (
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("seed", "seed"),
+        ("num_workers", "num_workers"),
+    ):
+        if getattr(args, flag) is not None:
+            setattr(cfg, key, getattr(args, flag))
+    if args.compile:
+        cfg.compile = True
+    if not args.resume and cfg.epochs != preset_epochs:  # a new run of another length: the recipe stretched
+        epochs, cfg.epochs = cfg.epochs, preset_epochs
+        keep = {item.split("=", 1)[0].strip() for item in args.overrides}
+        changes = scale_epoch_schedule(cfg, epochs, keep)
+        if changes and is_main_process():
+            print(
+                f"{epochs} epochs instead of {cfg.preset}'s {preset_epochs}: schedule scaled to fit "
+                f"({', '.join(changes)}); --set KEY=VALUE keeps a value of your own"
+            )
+    return cfg.validate()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        width = max(map(len, preset_descriptions()))
+        print("\n".join(f"{name:<{width}}  {desc}" for name, desc in preset_descriptions().items()))
+        return None
+    output = None
+    try:
+        cfg = config_from_args(args, parser)
+        device = resolve_device(args.device)
+        output = args.output or (str(Path(args.resume).parent) if args.resume else f"runs/{cfg.preset}")
+        return fit(cfg, output, device=device, resume=args.resume, progress=not args.no_progress, verbose=True)
+    # Errors of the user's data, config or checkpoint: the message, exit status 2, no traceback (a traceback
+    # points at minidetr's code, not at what to fix). Anything else is a bug and keeps its traceback.
+    except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as e:
+        _exit_with(parser, _user_message(e))
+    except engine.NonFiniteLossError as e:
+        ckpt = Path(output) / CHECKPOINT_NAME
+        kept = f"the last good checkpoint {ckpt} is untouched (resume with --resume {ckpt})"
+        _exit_with(parser, f"{e}\ntraining stopped; " + (kept if ckpt.is_file() else "no checkpoint was written yet"))
+
+
+def _user_message(e: BaseException) -> str:
+    """The message of ``e``; for an error re-raised from a DataLoader worker, only the original message (the
+    worker's traceback text is cut away)."""
+    text = str(e)
+    marker = f"{type(e).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
+def _exit_with(parser, message: str) -> None:
+    import sys
+
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
