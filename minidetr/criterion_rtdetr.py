@@ -32,8 +32,13 @@ from .models.rtdetr.denoising import dn_matched_indices
 __all__ = ["RTDETRCriterion", "build_rtdetr_criterion"]
 
 
+def _upcast(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t  # float64 stays float64
+
+
 def _fp32(out: dict) -> dict:
-    return {"pred_logits": out["pred_logits"].float(), "pred_boxes": out["pred_boxes"].float()}
+    """Autocast's half-precision outputs in fp32 for the losses (fp32 and fp64 inputs as they are)."""
+    return {"pred_logits": _upcast(out["pred_logits"]), "pred_boxes": _upcast(out["pred_boxes"])}
 
 
 class RTDETRCriterion(SetCriterion):

@@ -189,7 +189,9 @@ class HungarianMatcher(nn.Module):
         costs = [self.cost_matrix(out, targets) for out in outputs_list]
         splits = [c.shape[1] for c in costs]
         # One device-to-host copy for everything; NaN/inf would make any solver fail or lie.
-        cost = torch.nan_to_num(torch.cat(costs, 1).float(), nan=1e8, posinf=1e8, neginf=-1e8)
+        cost = torch.cat(costs, 1)
+        cost = cost if cost.dtype == torch.float64 else cost.float()  # fp32 over the wire; fp64 kept for fp64 runs
+        cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8)
         cost = cost.cpu().double().numpy()
         solve = SOLVERS[self.solver]
         results, start = [], 0

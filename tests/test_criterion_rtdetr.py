@@ -199,3 +199,25 @@ def test_tiny_model_forward_backward(preset):
     assert model.decoder.denoising_class_embed.weight.grad is not None  # DN losses reach the DN embedding
     assert model.decoder.enc_score_head.weight.grad.abs().sum() > 0  # the encoder loss trains query selection
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def _to(value, dtype):
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    if isinstance(value, dict):
+        return {k: _to(v, dtype) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to(v, dtype) for v in value]
+    return value
+
+
+def test_float64_outputs_keep_float64_losses(batch):
+    """Only autocast's half precision is upcast: fp64 runs (e.g. checks against other implementations) stay
+    fp64 end to end, matching included, and agree with the fp32 losses to fp32 rounding."""
+    outputs, targets = batch
+    criterion = build_rtdetr_criterion(80, "mal")
+    wide = criterion(_to(outputs, torch.float64), _to(targets, torch.float64))
+    narrow = criterion(outputs, targets)
+    assert all(v.dtype == torch.float64 for v in wide.values())
+    for k, v in narrow.items():
+        torch.testing.assert_close(wide[k].float(), v, rtol=1e-5, atol=1e-6, msg=k)
