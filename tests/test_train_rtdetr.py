@@ -96,3 +96,15 @@ def test_torchrun_two_processes_entry_point(tmp_path):
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == [1, 2]  # 16 images / (2 processes x batch 4): logged once, by rank 0
     assert done.stdout.count("resolved config") == 1  # printed by rank 0 only
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_train_cli_on_cuda_with_mixed_precision(amp, tmp_path):
+    """The full-size presets' CUDA path at tiny size: autocast (and, for fp16, the loss scaler, saved in the
+    checkpoint), multi-scale batches, EMA, evaluation."""
+    argv = ["--preset", "deim_shapes", "--set", *TINY, f"amp={amp}", "data.multiscale_sizes=32,64,96"]
+    stats = main([*argv, "--output", str(tmp_path), "--no-progress", "--device", "cuda"])
+    assert 0 <= stats["AP"] <= 1
+    ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert ("scaler" in ckpt) == (amp == "fp16") and "ema" in ckpt
