@@ -10,6 +10,12 @@ trained as, e.g. ``--checkpoint deim_rtdetrv2_r50vd_60e_coco.pth --preset deim_r
 for ``rtdetrv2_r50vd_6x_coco_ema.pth``). Their 80 labels get the COCO class names of
 ``minidetr.data.coco_names``; images are squashed to 640x640 and scaled to [0, 1] without mean/std, as the
 official inference does.
+
+The official DETR-R50 weights (facebookresearch/detr, ``detr-r50-e632da11.pth``) go with ``--preset detr_r50``:
+the model is built with ``num_classes=91`` and its labels are raw COCO category ids, named by
+``coco_names.COCO_ID_NAMES``. Each image keeps its aspect ratio, shorter side 800 and longer side at most 1333,
+as the official evaluation resizes (``--image-size S`` sets the shorter side, the cap scales with it), and is
+run alone: minidetr's DETR has no padding mask, so images of different sizes are never padded into one batch.
 """
 
 from __future__ import annotations
@@ -25,21 +31,26 @@ from torchvision.utils import draw_bounding_boxes
 
 from .checkpoint import CheckpointError
 from .config import TrainConfig, config_from_dict, get_preset
-from .data.coco_names import COCO_CLASS_NAMES
+from .data.coco_names import COCO_CLASS_NAMES, COCO_ID_NAMES
 from .evaluation import PostProcess
-from .models import build_model
+from .models import DETR, ModelConfig, build_model
+from .models.detr_convert import is_official_detr_state, load_official_detr_weights
 from .models.rtdetr import RTDETR
 from .models.rtdetr.convert import load_official_weights, read_checkpoint
 
-__all__ = ["load_model", "predict", "draw_detections", "main"]
+__all__ = ["load_model", "detr_eval_size", "predict", "draw_detections", "main"]
+
+# The official DETR evaluation resize: shorter side 800, longer side at most 1333.
+DETR_SHORT_SIDE, DETR_MAX_SIZE = 800, 1333
 
 
 def load_model(
     checkpoint: str | Path, device: str | torch.device = "cpu", preset: str | None = None
 ) -> tuple[nn.Module, TrainConfig, list[str]]:
     """``(model in eval mode, its TrainConfig, class names)`` from a minidetr training checkpoint (its EMA weights
-    when it has them), or from an official DEIM / RT-DETRv2 checkpoint together with the ``preset`` it was
-    trained as (e.g. ``"deim_r50"``)."""
+    when it has them), or from an official checkpoint together with the ``preset`` it was trained as:
+    ``"deim_r50"`` / ``"rtdetrv2_r50"`` for DEIM / RT-DETRv2, ``"detr_r50"`` for DETR-R50 (built with the
+    checkpoint's 91 classes; the names are then indexed by COCO category id)."""
     state = read_checkpoint(checkpoint)
     if "config" in state:
         if preset is not None:
@@ -53,10 +64,14 @@ def load_model(
         return model.to(device).eval(), cfg, names
     if preset is None:
         raise ValueError(
-            f"{str(checkpoint)!r} holds no minidetr config (an official DEIM / RT-DETRv2 checkpoint?): pass the "
-            f"preset it was trained as, e.g. --preset deim_r50 or --preset rtdetrv2_r50"
+            f"{str(checkpoint)!r} holds no minidetr config (an official checkpoint?): pass the preset it was "
+            f"trained as: --preset deim_r50 or rtdetrv2_r50 (DEIM / RT-DETRv2), --preset detr_r50 (DETR)"
         )
     cfg = get_preset(preset)
+    if isinstance(cfg.model, ModelConfig):
+        return _load_official_detr(checkpoint, state, cfg, device)
+    if is_official_detr_state(state.get("model", state)):
+        raise CheckpointError(f"{str(checkpoint)!r} is an official DETR checkpoint: use --preset detr_r50")
     model = build_model(cfg.model, pretrained_backbone=False)
     try:
         load_official_weights(model, state)
@@ -65,6 +80,41 @@ def load_model(
     k = cfg.model.num_classes
     names = list(COCO_CLASS_NAMES) if k == len(COCO_CLASS_NAMES) else [str(i) for i in range(k)]
     return model.to(device).eval(), cfg, names
+
+
+def _load_official_detr(
+    checkpoint: str | Path, state: dict, cfg: TrainConfig, device: str | torch.device
+) -> tuple[nn.Module, TrainConfig, list[str]]:
+    """The official DETR weights in the DETR preset's model, with as many classes as their head has (91 for
+    the COCO checkpoint, whose labels are the raw COCO category ids)."""
+    weights = state["model"] if isinstance(state.get("model"), dict) else state
+    head = weights.get("class_embed.weight")
+    cfg.model.num_classes = head.shape[0] - 1 if isinstance(head, Tensor) else len(COCO_ID_NAMES)  # - no-object
+    cfg.model.use_focal = False  # the official head: softmax over the classes and "no object"
+    model = build_model(cfg.model, pretrained_backbone=False)
+    try:
+        load_official_detr_weights(model, state)
+    except CheckpointError as e:
+        hint = "" if cfg.preset == "detr_r50" else " (official DETR-R50 weights: --preset detr_r50)"
+        raise CheckpointError(f"{str(checkpoint)!r}: {e}{hint}") from e
+    k = cfg.model.num_classes
+    names = list(COCO_ID_NAMES) if k == len(COCO_ID_NAMES) else [str(i) for i in range(k)]
+    return model.to(device).eval(), cfg, names
+
+
+def detr_eval_size(
+    height: int, width: int, short_side: int = DETR_SHORT_SIDE, max_size: int = DETR_MAX_SIZE
+) -> tuple[int, int]:
+    """``(h, w)`` of an image resized as the official DETR evaluation does: the aspect ratio kept, the shorter
+    side ``short_side`` unless the longer one would then pass ``max_size`` (the shorter is then shrunk to fit),
+    lengths truncated to integers with the same rounding as the official transforms."""
+    short, long = min(height, width), max(height, width)
+    if long / short * short_side > max_size:
+        short_side = round(max_size * short / long)
+    if short == short_side:
+        return height, width
+    new_long = int(short_side * long / short)
+    return (short_side, new_long) if height <= width else (new_long, short_side)
 
 
 def _load_image(path: str | Path) -> Tensor:
@@ -78,22 +128,38 @@ def _load_image(path: str | Path) -> Tensor:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: list[Tensor], image_size: int, threshold: float = 0.5, use_focal: bool | None = None
+    model: nn.Module,
+    images: list[Tensor],
+    image_size: int,
+    threshold: float = 0.5,
+    use_focal: bool | None = None,
+    max_size: int | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections for each image ``[3, H, W]`` (uint8, or float in [0, 1]): ``{"scores" [N], "labels" [N],
     "boxes" [N, 4]}`` with xyxy boxes in that image's pixels, ``N`` the predictions scoring >= ``threshold``.
 
     Each image is resized to the square the model was trained on and then scaled to [0, 1], in that order,
-    exactly as the validation transforms do, so predictions match the evaluation's.
+    exactly as the validation transforms do, so predictions match the evaluation's. With ``max_size`` (the
+    official DETR weights) each image keeps its aspect ratio instead (``detr_eval_size(H, W, image_size,
+    max_size)``) and runs alone, since minidetr's DETR has no padding mask for a batch of different sizes.
+    Either way the whole image is resized, with no padding, so the normalised boxes scale straight back to
+    its pixels.
     """
     if use_focal is None:  # DETR says which head it has; RT-DETR / DEIM always have sigmoid (focal-style) heads
         use_focal = getattr(model, "use_focal", isinstance(model, RTDETR))
     postprocess = PostProcess(use_focal=use_focal)
     device = next(model.parameters()).device
-    resized = [F.resize(im, [image_size, image_size], antialias=True) for im in images]
-    batch = torch.stack([F.to_dtype(im, torch.float32, scale=True) for im in resized]).to(device)
-    sizes = torch.tensor([im.shape[-2:] for im in images], device=device)
-    results = postprocess(model(batch), sizes)
+
+    def run(group: list[Tensor], shape: list[int]) -> list[dict[str, Tensor]]:
+        resized = [F.resize(im, shape, antialias=True) for im in group]  # resize first, then [0, 1]
+        batch = torch.stack([F.to_dtype(im, torch.float32, scale=True) for im in resized]).to(device)
+        sizes = torch.tensor([im.shape[-2:] for im in group], device=device)  # (B, 2) original (h, w)
+        return postprocess(model(batch), sizes)
+
+    if max_size is None:
+        results = run(images, [image_size, image_size])
+    else:
+        results = [r for im in images for r in run([im], list(detr_eval_size(*im.shape[-2:], image_size, max_size)))]
     return [{k: v[r["scores"] >= threshold].cpu() for k, v in r.items()} for r in results]
 
 
@@ -115,8 +181,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument(
         "--checkpoint", required=True, metavar="CKPT", help="checkpoint.pth of a training run, or official weights"
     )
-    parser.add_argument("--preset", help="for official DEIM / RT-DETRv2 weights: deim_r50 or rtdetrv2_r50")
-    parser.add_argument("--image-size", type=int, metavar="S", help="square input size (default: the config's)")
+    parser.add_argument(
+        "--preset", help="for official weights: deim_r50 or rtdetrv2_r50 (DEIM / RT-DETRv2), detr_r50 (DETR)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        metavar="S",
+        help="square input size (default: the config's); for official DETR weights the shorter side (default 800)",
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--output", default="predictions", metavar="DIR", help="folder for the drawn images")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score of a drawn box (0-1)")
@@ -131,11 +204,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
         images = [_load_image(p) for p in args.images]
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         parser.error(str(e))
+    size = args.image_size or cfg.data.image_size
+    # official DETR weights: aspect kept, shorter side `size`, longer at most 1333 at the default 800
+    max_size = round(size * DETR_MAX_SIZE / DETR_SHORT_SIDE) if args.preset and isinstance(model, DETR) else None
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path, image in zip(args.images, images, strict=True):
-        det = predict(model, [image], args.image_size or cfg.data.image_size, args.threshold)[0]
+        det = predict(model, [image], size, args.threshold, max_size=max_size)[0]
         target = out / f"{Path(path).stem}_pred.png"
         F.to_pil_image(draw_detections(image, det, names)).save(target)
         written.append(target)

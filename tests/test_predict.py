@@ -1,19 +1,22 @@
 """minidetr.predict: a checkpoint's model rebuilt from its stored config, predictions that match the
-evaluation path, drawn images, the command line, and official DEIM / RT-DETRv2 weights with a preset."""
+evaluation path, drawn images, the command line, and official DEIM / RT-DETRv2 and DETR weights with a preset."""
 
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+import minidetr.predict as predict_module
 from minidetr.config import get_preset
 from minidetr.data import CocoDetection, build_transforms
-from minidetr.data.coco_names import COCO_CLASS_NAMES
+from minidetr.data.coco_names import COCO_CLASS_NAMES, COCO_ID_NAMES
 from minidetr.data.shapes import CLASS_NAMES, generate
 from minidetr.evaluation import PostProcess
+from minidetr.models import build_model, get_model_preset
+from minidetr.models.detr_convert import minidetr_to_official as detr_minidetr_to_official
 from minidetr.models.rtdetr import build_rtdetr
 from minidetr.models.rtdetr.convert import minidetr_to_official
-from minidetr.predict import draw_detections, load_model, main, predict
+from minidetr.predict import detr_eval_size, draw_detections, load_model, main, predict
 from minidetr.train import fit
 
 
@@ -183,3 +186,123 @@ def test_preset_with_a_minidetr_checkpoint_is_refused(trained, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(ckpt), image, "--preset", "deim_r50", "--output", str(tmp_path)])
     assert "drop --preset" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def official_detr(tmp_path_factory):
+    """A fake released DETR-R50 checkpoint: minidetr weights under the official names, as ``{"model": sd}``."""
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    cfg = get_model_preset("detr_r50")
+    cfg.num_classes = 91
+    source = build_model(cfg, pretrained_backbone=False).eval()
+    path = tmp_path_factory.mktemp("official_detr") / "detr-r50-e632da11.pth"
+    torch.save({"model": detr_minidetr_to_official(source.state_dict())}, path)
+    image = (torch.rand(3, 96, 160, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    image_path = path.parent / "wide.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(image_path)
+    return source, path, image_path
+
+
+def test_official_detr_weights_load_with_91_coco_id_names(official_detr):
+    source, path, _ = official_detr
+    model, cfg, names = load_model(path, preset="detr_r50")
+    assert not model.training and cfg.model.num_classes == 91 and not cfg.model.use_focal
+    assert names == list(COCO_ID_NAMES) and len(names) == 91
+    assert names[0] == names[12] == "N/A" and names[1] == "person" and names[90] == "toothbrush"
+    expected = source.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+@pytest.mark.parametrize(
+    "h, w, short, cap, expected",
+    [
+        (480, 640, 800, 1333, (800, 1066)),  # the shorter side to 800, the other truncated
+        (640, 480, 800, 1333, (1066, 800)),
+        (300, 500, 800, 1333, (800, 1333)),
+        (200, 1000, 800, 1333, (267, 1335)),  # capped: shorter = round(1333 * 200 / 1000), longer truncated
+        (800, 800, 800, 1333, (800, 800)),
+        (96, 160, 320, 533, (320, 533)),
+    ],
+)
+def test_detr_eval_size_keeps_the_aspect_ratio(h, w, short, cap, expected):
+    assert detr_eval_size(h, w, short, cap) == expected
+
+
+class FixedBoxes(torch.nn.Module):
+    """A stand-in DETR: always the same normalised boxes; records the input sizes it was given."""
+
+    use_focal = False
+
+    def __init__(self, boxes):
+        super().__init__()
+        self.boxes = torch.nn.Parameter(torch.tensor(boxes))  # [Q, 4] cxcywh
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(tuple(x.shape))
+        logits = torch.zeros(x.shape[0], len(self.boxes), 92)
+        logits[..., 1] = 5.0  # every query: "person" (COCO id 1)
+        return {"pred_logits": logits, "pred_boxes": self.boxes.expand(x.shape[0], -1, -1)}
+
+
+def test_official_detr_boxes_map_back_to_non_square_originals():
+    """Each image runs alone at its own aspect-kept size, and a normalised box lands on the original's pixels."""
+    model = FixedBoxes([[0.25, 0.5, 0.1, 0.2], [0.5, 0.5, 1.0, 1.0]])
+    wide, tall = torch.rand(3, 300, 500), torch.rand(3, 500, 300)
+    got = predict(model, [wide, tall], 80, threshold=0.0, max_size=133)
+    assert model.inputs == [(1, 3, 80, 133), (1, 3, 133, 80)]
+    torch.testing.assert_close(got[0]["boxes"], torch.tensor([[100.0, 120.0, 150.0, 180.0], [0, 0, 500, 300]]))
+    torch.testing.assert_close(got[1]["boxes"], torch.tensor([[60.0, 200.0, 90.0, 300.0], [0, 0, 300, 500]]))
+    assert got[0]["labels"].tolist() == [1, 1]  # softmax over the 92 logits, "no object" dropped: the COCO id
+    square = predict(model, [wide], 64, threshold=0.0)[0]  # the square path maps the same way
+    assert model.inputs[-1] == (1, 3, 64, 64)
+    torch.testing.assert_close(square["boxes"], got[0]["boxes"])
+
+
+def test_predict_runs_official_detr_like_the_official_evaluation(official_detr):
+    """Aspect-kept resize (shorter side 320 here), [0, 1] input (the model normalises), softmax post-processing."""
+    source, _, image_path = official_detr
+    image = pil_to_tensor(Image.open(image_path).convert("RGB")).float() / 255  # float: no uint8 rounding
+    got = predict(source, [image], 320, threshold=0.0, max_size=533)[0]
+    batch = torch.nn.functional.interpolate(image[None], size=(320, 533), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        expected = PostProcess(use_focal=False)(source(batch), torch.tensor([[96, 160]]))[0]
+    assert len(got["scores"]) == 100 and int(got["labels"].max()) < 91
+    for k in ("scores", "labels", "boxes"):
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
+
+
+def test_cli_runs_official_detr_weights_with_the_aspect_kept(official_detr, tmp_path, capsys, monkeypatch):
+    _, path, image_path = official_detr
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("max_size"))
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict", spy)
+    argv = ["--checkpoint", str(path), str(image_path), "--output", str(tmp_path), "--threshold", "0"]
+    written = main([*argv, "--preset", "detr_r50", "--image-size", "320"])
+    assert calls == [533]  # shorter side 320, longer at most 1333 * 320 / 800
+    assert [p.name for p in written] == ["wide_pred.png"] and Image.open(written[0]).size == (160, 96)
+    out = capsys.readouterr().out
+    assert "wide.png: " in out and any(f" {name} 0." in out for name in COCO_ID_NAMES)
+
+
+def test_official_detr_and_rtdetr_checkpoints_with_the_wrong_preset(official_detr, official, tmp_path, capsys):
+    _, detr_path, image_path = official_detr
+    _, deim_path, _ = official
+    out = ["--output", str(tmp_path), str(image_path)]
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(detr_path), "--preset", "deim_r50", *out])
+    err = capsys.readouterr().err
+    assert str(detr_path) in err and "official DETR checkpoint: use --preset detr_r50" in err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(deim_path), "--preset", "detr_r50", *out])
+    err = capsys.readouterr().err
+    assert str(deim_path) in err and "RT-DETR / DEIM" in err and "--preset deim_r50" in err
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(detr_path), "--preset", "detr_shapes", *out])
+    assert "--preset detr_r50" in capsys.readouterr().err

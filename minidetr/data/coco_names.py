@@ -6,11 +6,20 @@ increasing id order. That is how ``minidetr.data.CocoDetection`` builds its labe
 ``instances_*2017.json`` and how the official DETR-family repos remap COCO, so the released DEIM /
 RT-DETRv2 weights use the same labels. ``COCO_LABEL_TO_CATEGORY_ID`` maps a prediction back to the id a
 COCO results file needs (pass it as ``CocoEvaluator``'s ``label_to_category_id``).
+
+The official DETR checkpoint predicts the raw category ids 0..90 instead (91 classes + "no object");
+``COCO_ID_NAMES[i]`` names id ``i``, with "N/A" for 0 and the 10 unused ids.
 """
 
 from __future__ import annotations
 
-__all__ = ["COCO_CATEGORIES", "COCO_CLASS_NAMES", "COCO_LABEL_TO_CATEGORY_ID", "COCO_CATEGORY_ID_TO_LABEL"]
+__all__ = [
+    "COCO_CATEGORIES",
+    "COCO_CLASS_NAMES",
+    "COCO_LABEL_TO_CATEGORY_ID",
+    "COCO_CATEGORY_ID_TO_LABEL",
+    "COCO_ID_NAMES",
+]
 
 # (category id, name) exactly as in instances_val2017.json, in increasing id order.
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
@@ -32,3 +41,5 @@ COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
 COCO_CLASS_NAMES: tuple[str, ...] = tuple(name for _, name in COCO_CATEGORIES)  # index = contiguous label
 COCO_LABEL_TO_CATEGORY_ID: tuple[int, ...] = tuple(cid for cid, _ in COCO_CATEGORIES)
 COCO_CATEGORY_ID_TO_LABEL: dict[int, int] = {cid: label for label, cid in enumerate(COCO_LABEL_TO_CATEGORY_ID)}
+_ID_TO_NAME = dict(COCO_CATEGORIES)
+COCO_ID_NAMES: tuple[str, ...] = tuple(_ID_TO_NAME.get(i, "N/A") for i in range(91))  # index = category id
