@@ -26,6 +26,7 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "read_checkpoint",
     "state_dicts",
     "load_state_dicts",
     "capture_rng_state",
@@ -63,15 +64,25 @@ def _umask() -> int:
     return mask
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``; clear errors for missing or unreadable files."""
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, missing_hint: str = "", unreadable_hint: str = ""
+) -> dict[str, Any]:
+    """A checkpoint file's content, read with ``torch.load(weights_only=True)`` (tensors and plain values only,
+    so a file cannot run code); ``FileNotFoundError`` / ``CheckpointError`` naming the file, each message
+    followed by the caller's hint. The caller checks what the content must hold."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist; pass the checkpoint.pth of a run folder")
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist{missing_hint}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickled code objects, not a torch file at all
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {e}){unreadable_hint}") from e
+    return state
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; clear errors for missing or unreadable files."""
+    state = read_checkpoint(path, map_location, missing_hint="; pass the checkpoint.pth of a run folder")
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{str(path)!r} is not a minidetr checkpoint (no 'model' entry)")
     return state

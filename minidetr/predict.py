@@ -35,8 +35,9 @@ from .data.coco_names import COCO_CLASS_NAMES, COCO_ID_NAMES
 from .evaluation import PostProcess
 from .models import DETR, ModelConfig, build_model
 from .models.detr_convert import is_official_detr_state, load_official_detr_weights
+from .models.official import read_official_checkpoint
 from .models.rtdetr import RTDETR
-from .models.rtdetr.convert import load_official_weights, read_checkpoint
+from .models.rtdetr.convert import load_official_weights
 
 __all__ = ["load_model", "detr_eval_size", "predict", "draw_detections", "main"]
 
@@ -51,7 +52,7 @@ def load_model(
     when it has them), or from an official checkpoint together with the ``preset`` it was trained as:
     ``"deim_r50"`` / ``"rtdetrv2_r50"`` for DEIM / RT-DETRv2, ``"detr_r50"`` for DETR-R50 (built with the
     checkpoint's 91 classes; the names are then indexed by COCO category id)."""
-    state = read_checkpoint(checkpoint)
+    state = read_official_checkpoint(checkpoint)
     if "config" in state:
         if preset is not None:
             raise ValueError(f"{str(checkpoint)!r} is a minidetr checkpoint with its own config: drop --preset")

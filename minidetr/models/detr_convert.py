@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError
 from .detr import DETR
-from .rtdetr.convert import read_checkpoint, unwrap_official_checkpoint
+from .official import KeyRenames, mismatch_report, read_official_checkpoint, unwrap_official_checkpoint
 
 __all__ = ["official_to_minidetr", "minidetr_to_official", "load_official_detr_weights", "is_official_detr_state"]
 
@@ -58,37 +58,20 @@ _RENAMES = (
 )
 
 
-def _rules(src: int) -> list[tuple[re.Pattern, str]]:
-    """Regexes from column ``src`` of ``_RENAMES`` (0 official, 1 minidetr) to the other column."""
-    out = []
-    for pair in _RENAMES:
-        pattern = "^" + re.escape(pair[src]).replace(r"\{n\}", r"(\d+)")
-        out.append((re.compile(pattern), pair[1 - src].replace("{n}", r"\1")))
-    return out
-
-
-_TO_MINIDETR, _TO_OFFICIAL = _rules(0), _rules(1)
-
-
-def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
-    for pattern, repl in rules:
-        new, hits = pattern.subn(repl, key, count=1)
-        if hits:  # first rule wins: the order above puts the more specific prefix first
-            return new
-    return key
+_KEYS = KeyRenames(_RENAMES)
 
 
 def official_to_minidetr(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """An official DETR state dict with minidetr's key names. Tensors are shared, not copied. Keys that are
     already minidetr's pass unchanged, so converting twice is harmless."""
-    return {_rename(k, _TO_MINIDETR): v for k, v in state_dict.items()}
+    return {_KEYS.to_minidetr(k): v for k, v in state_dict.items()}
 
 
 def minidetr_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of ``official_to_minidetr``: a minidetr ``DETR`` state dict under the official names, which
     the official ``DETR`` loads with ``strict=True`` (no buffers to add: neither side stores the sine
     encoding)."""
-    return {_rename(k, _TO_OFFICIAL): v for k, v in state_dict.items()}
+    return {_KEYS.to_official(k): v for k, v in state_dict.items()}
 
 
 def is_official_detr_state(state_dict: Mapping[str, Any]) -> bool:
@@ -109,7 +92,7 @@ def load_official_detr_weights(model: nn.Module, source: str | Path | Mapping[st
             f"load_official_detr_weights loads into a minidetr DETR, got a {type(model).__name__}; official "
             f"DEIM / RT-DETRv2 weights go through minidetr.models.rtdetr.convert.load_official_weights"
         )
-    obj = read_checkpoint(source) if isinstance(source, (str, Path)) else source
+    obj = read_official_checkpoint(source) if isinstance(source, (str, Path)) else source
     refusal = _refusal(obj, Path(source).name if isinstance(source, (str, Path)) else "")
     if refusal:
         raise CheckpointError(f"{where}: {refusal}")
@@ -117,7 +100,7 @@ def load_official_detr_weights(model: nn.Module, source: str | Path | Mapping[st
         state = official_to_minidetr(unwrap_official_checkpoint(obj, use_ema=False))
     except CheckpointError as e:
         raise CheckpointError(f"{where}: {e}") from e
-    problem = _mismatch_report(model, state)
+    problem = mismatch_report(model, state, _hint)
     if problem:
         kind = f"DETR, num_classes={model.num_classes}" + (", use_focal=True" if model.use_focal else "")
         raise CheckpointError(f"{where} does not fit this model ({kind}).\n{problem}")
@@ -167,22 +150,6 @@ def _refusal(obj: Mapping[str, Any], file_name: str) -> str:
 def _keys(obj: Mapping[str, Any]) -> list[str]:
     state = obj.get("model") if isinstance(obj.get("model"), Mapping) else obj
     return [str(k).removeprefix("module.") for k in state]
-
-
-def _mismatch_report(model: nn.Module, state: Mapping[str, Tensor]) -> str:
-    """Empty when ``state`` loads strictly into ``model``; otherwise what differs and the likely fix."""
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    missing = [k for k in want if k not in got]
-    unexpected = [k for k in got if k not in want]
-    shapes = [
-        f"{k}: checkpoint {list(got[k])} vs model {list(want[k])}" for k in want if k in got and got[k] != want[k]
-    ]
-    if not (missing or unexpected or shapes):
-        return ""
-    found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": shapes}
-    lines = [f"{len(what)} {name}, first: {what[:3]}" for name, what in found.items() if what]
-    return "\n".join(lines + [_hint(got, want)])
 
 
 def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str:

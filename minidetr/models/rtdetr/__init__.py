@@ -4,7 +4,7 @@ from .convert import (
     load_official_weights,
     minidetr_to_official,
     official_to_minidetr,
-    read_checkpoint,
+    read_official_checkpoint,
     unwrap_official_checkpoint,
 )
 from .decoder import MLP, DecoderLayer, RTDETRDecoder, generate_anchors
@@ -39,7 +39,7 @@ __all__ = [
     "load_official_weights",
     "minidetr_to_official",
     "official_to_minidetr",
-    "read_checkpoint",
+    "read_official_checkpoint",
     "unwrap_official_checkpoint",
     "sample_level",
     "sincos_position_embedding_2d",

@@ -32,13 +32,20 @@ import torch
 from torch import Tensor, nn
 
 from ...checkpoint import CheckpointError
+from ..official import (
+    KeyRenames,
+    mismatch_report,
+    read_official_checkpoint,
+    shapes,
+    unwrap_official_checkpoint,
+)
 from .decoder import generate_anchors
 from .model import RTDETR_MODEL_PRESETS, build_rtdetr
 
 __all__ = [
     "official_to_minidetr",
     "minidetr_to_official",
-    "read_checkpoint",
+    "read_official_checkpoint",
     "unwrap_official_checkpoint",
     "load_official_weights",
 ]
@@ -56,25 +63,8 @@ _RENAMES = (
 )
 
 
-def _rules(src: int) -> list[tuple[re.Pattern, str]]:
-    """Regexes from column ``src`` of ``_RENAMES`` (0 official, 1 minidetr) to the other column."""
-    out = []
-    for pair in _RENAMES:
-        pattern = "^" + re.escape(pair[src]).replace(r"\{n\}", r"(\d+)")
-        out.append((re.compile(pattern), pair[1 - src].replace("{n}", r"\1")))
-    return out
-
-
-_TO_MINIDETR, _TO_OFFICIAL = _rules(0), _rules(1)
+_KEYS = KeyRenames(_RENAMES)
 _DROPPED = re.compile(r"^decoder\.anchors$|^decoder\.valid_mask$|\.cross_attn\.num_points_scale$")
-
-
-def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
-    for pattern, repl in rules:
-        new, hits = pattern.subn(repl, key, count=1)
-        if hits:  # first rule wins: the prefixes do not overlap, so at most one applies
-            return new
-    return key
 
 
 def official_to_minidetr(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -85,7 +75,7 @@ def official_to_minidetr(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
             "this checkpoint runs AIFI on more than one feature level (use_encoder_idx with several entries); "
             "minidetr's HybridEncoder runs it on C5 only, as every released DEIM / RT-DETRv2 model does"
         )
-    return {_rename(k, _TO_MINIDETR): v for k, v in state_dict.items() if not _DROPPED.search(k)}
+    return {_KEYS.to_minidetr(k): v for k, v in state_dict.items() if not _DROPPED.search(k)}
 
 
 def minidetr_to_official(
@@ -99,7 +89,7 @@ def minidetr_to_official(
     (sampling points per level; (4, 4, 4) in both R50 models). The result has the official model's keys
     and shapes, so the official code can load it with ``strict=True``.
     """
-    out = {_rename(k, _TO_OFFICIAL): v for k, v in state_dict.items()}
+    out = {_KEYS.to_official(k): v for k, v in state_dict.items()}
     layers = sorted({m.group(1) for k in out if (m := re.match(r"^decoder\.decoder\.layers\.(\d+)\.", k))}, key=int)
     scale = torch.tensor([1.0 / n for n in num_points for _ in range(n)])
     for i in layers:
@@ -116,42 +106,6 @@ def minidetr_to_official(
     return out
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a ``.pth`` file with ``torch.load(weights_only=True)``: tensors and plain values only, so opening a
-    downloaded file cannot run code. Raises ``FileNotFoundError`` / ``CheckpointError`` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated download, pickled code, not a torch file
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {e}). If the download is complete and "
-            f"you trust the file, load it yourself with torch.load(..., weights_only=False) and pass the dict"
-        ) from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint dict")
-    return obj
-
-
-def unwrap_official_checkpoint(obj: Mapping[str, Any], use_ema: bool = True) -> dict[str, Tensor]:
-    """The model state dict inside an official checkpoint: ``obj["ema"]["module"]`` when ``use_ema`` and it is
-    there, else ``obj["model"]``, else ``obj`` itself if it is already a state dict. A DDP ``module.`` prefix
-    is stripped."""
-    ema = obj.get("ema")
-    if use_ema and isinstance(ema, Mapping) and isinstance(ema.get("module"), Mapping):
-        state = ema["module"]
-    elif isinstance(obj.get("model"), Mapping):
-        state = obj["model"]
-    elif obj and all(isinstance(v, Tensor) for v in obj.values()):
-        state = obj
-    else:
-        raise CheckpointError(
-            f"no model weights found: expected an 'ema' or 'model' entry, got entries {sorted(obj)[:8]}"
-        )
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
 def load_official_weights(model: nn.Module, source: str | Path | Mapping[str, Any], use_ema: bool = True) -> nn.Module:
     """Load an official DEIM / RT-DETRv2 checkpoint (file path or loaded dict) into ``model``, strictly.
 
@@ -160,7 +114,7 @@ def load_official_weights(model: nn.Module, source: str | Path | Mapping[str, An
     (D-FINE, other depths). Returns ``model``.
     """
     where = str(source) if isinstance(source, (str, Path)) else "the checkpoint"
-    obj = read_checkpoint(source) if isinstance(source, (str, Path)) else source
+    obj = read_official_checkpoint(source) if isinstance(source, (str, Path)) else source
     if "config" in obj and "model" in obj:
         raise CheckpointError(
             f"{where} is a minidetr training checkpoint, not an official one: "
@@ -170,7 +124,7 @@ def load_official_weights(model: nn.Module, source: str | Path | Mapping[str, An
         state = official_to_minidetr(unwrap_official_checkpoint(obj, use_ema))
     except (ValueError, CheckpointError) as e:
         raise CheckpointError(f"{where}: {e}") from e
-    problem = _mismatch_report(model, state)
+    problem = mismatch_report(model, state, _hint)
     if problem:
         raise CheckpointError(f"{where} does not fit this model ({_describe(model)}).\n{problem}")
     model.load_state_dict(state, strict=True)
@@ -182,25 +136,6 @@ def _describe(model: nn.Module) -> str:
     if cfg is None:
         return type(model).__name__
     return f"{cfg.name}, {cfg.backbone}, num_classes={cfg.num_classes}"
-
-
-def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
-def _mismatch_report(model: nn.Module, state: Mapping[str, Tensor]) -> str:
-    """Empty when ``state`` loads strictly into ``model``; otherwise what differs and the likely fix."""
-    want, got = _shapes(model.state_dict()), _shapes(state)
-    missing = [k for k in want if k not in got]
-    unexpected = [k for k in got if k not in want]
-    shapes = [
-        f"{k}: checkpoint {list(got[k])} vs model {list(want[k])}" for k in want if k in got and got[k] != want[k]
-    ]
-    if not (missing or unexpected or shapes):
-        return ""
-    found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": shapes}
-    lines = [f"{len(what)} {name}, first: {what[:3]}" for name, what in found.items() if what]
-    return "\n".join(lines + [_hint(got, want)])
 
 
 def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str:
@@ -238,6 +173,6 @@ def _matching_presets(got: dict[str, tuple[int, ...]]) -> list[str]:
             cfg.num_classes = head[0]
         with torch.device("meta"):
             candidate = build_rtdetr(cfg, pretrained_backbone=False)
-        if _shapes(candidate.state_dict()) == got:
+        if shapes(candidate.state_dict()) == got:
             names.append(name)
     return names
