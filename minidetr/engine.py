@@ -178,9 +178,9 @@ def train_one_epoch(
         loss = sum(weights[k] * v for k, v in losses.items() if k in weights)
         # Means over processes (one collective), before backward: NaN and inf survive the mean, so every rank
         # sees a bad loss on any rank and all stop together, instead of the others hanging in DDP's all-reduce.
-        reduced = reduce_dict({"loss": loss, **losses})
-        if not math.isfinite(reduced["loss"]):
-            raise NonFiniteLossError(epoch, step, {k: v for k, v in reduced.items() if k != "loss"})
+        values = reduce_dict({"loss": loss, **losses})
+        if not math.isfinite(values["loss"]):
+            raise NonFiniteLossError(epoch, step, {k: v for k, v in values.items() if k != "loss"})
         # More targets than queries: the matcher can pair only Q of them, the rest go unlearned. Count, not fail.
         num_queries = outputs["pred_boxes"].shape[1]
         over = sum(int(len(t["labels"]) > num_queries) for t in targets)
@@ -206,7 +206,6 @@ def train_one_epoch(
             ema.update(model)
         step += 1
 
-        values = reduced
         for k, v in values.items():
             epoch_sums[k] += v
             window[k] += v

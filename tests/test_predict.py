@@ -119,6 +119,13 @@ def test_cli_errors_are_one_line(trained, tmp_path, argv, word, capsys):
     assert e.value.code != 0 and word in capsys.readouterr().err
 
 
+def _random_image(path, height, width):
+    """A seeded noise image saved at ``path`` (returned)."""
+    image = (torch.rand(3, height, width, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def official(tmp_path_factory):
     """A fake released checkpoint: DEIM-R50 weights under the official names, in the official file layout."""
@@ -128,9 +135,7 @@ def official(tmp_path_factory):
     state = minidetr_to_official(source.state_dict())
     path = tmp_path_factory.mktemp("official") / "deim_rtdetrv2_r50vd_60e_coco.pth"
     torch.save({"model": state, "ema": {"module": state, "updates": 1}, "date": "2025-01-01"}, path)
-    image = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    image_path = path.parent / "street.png"
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(image_path)
+    image_path = _random_image(path.parent / "street.png", 96, 128)
     return source, path, image_path
 
 
@@ -198,9 +203,7 @@ def official_detr(tmp_path_factory):
     source = build_model(cfg, pretrained_backbone=False).eval()
     path = tmp_path_factory.mktemp("official_detr") / "detr-r50-e632da11.pth"
     torch.save({"model": detr_minidetr_to_official(source.state_dict())}, path)
-    image = (torch.rand(3, 96, 160, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
-    image_path = path.parent / "wide.png"
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(image_path)
+    image_path = _random_image(path.parent / "wide.png", 96, 160)
     return source, path, image_path
 
 
