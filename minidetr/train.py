@@ -187,8 +187,9 @@ def fit(
                         "epoch": epoch,
                         "step": step,
                         "config": config_to_dict(cfg),
-                        **random_states[0],  # "rng", "loader_generator": rank 0's (all of them alone)
-                        "rank_random_states": random_states,
+                        **random_states[0],  # "rng", "loader_generator": rank 0's
+                        # under torchrun every rank's, in rank order (rank 0's again at index 0)
+                        **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
                         "class_names": list(train_set.class_names),
                         "label_to_category_id": list(train_set.label_to_category_id),
                         **state_dicts(stateful),
