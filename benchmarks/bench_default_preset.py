@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from minidetr.config import DEFAULT_PRESET, apply_overrides, get_preset
 from minidetr.data import ensure_shapes
-from minidetr.logs import read_metrics
+from minidetr.train import DEFAULT_PRESET, apply_overrides, get_preset
+from minidetr.train.logs import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import RESULTS, write_section  # noqa: E402  (benchmarks/ is a folder of scripts)

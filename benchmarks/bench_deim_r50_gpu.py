@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from minidetr import engine
-from minidetr.criterion_rtdetr import build_rtdetr_criterion
-from minidetr.ema import ModelEMA
-from minidetr.logs import MetricsLogger, read_metrics
-from minidetr.models.rtdetr import build_rtdetr
-from minidetr.optim import FlatCosine, rtdetr_param_groups
+from minidetr.criterion_rtdetr import RTDETRCriterion
+from minidetr.models import build_model
+from minidetr.train import engine
+from minidetr.train.ema import ModelEMA
+from minidetr.train.logs import MetricsLogger, read_metrics
+from minidetr.train.optim import FlatCosine, rtdetr_param_groups
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results import RESULTS, write_section  # noqa: E402  (benchmarks/ is a folder of scripts)
@@ -78,8 +78,8 @@ def run(args) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (or pass --device cpu --iters 3 --size 320 to check it)")
     torch.manual_seed(0)
-    model = build_rtdetr("deim_r50").to(device).train()
-    criterion = build_rtdetr_criterion(80, "mal", model.cfg.dec_layers)
+    model = build_model("deim_r50").to(device).train()
+    criterion = RTDETRCriterion(80, loss_class="mal", num_dec_layers=model.cfg.dec_layers)
     optimizer = torch.optim.AdamW(rtdetr_param_groups(model, 2e-4, 2e-5, 1e-4), lr=2e-4, weight_decay=1e-4)
     total = args.warmup + args.iters  # warm-up shortened so a few hundred iterations reach the flat lr
     schedule = FlatCosine(total, epochs=1, flat_epoch=1, no_aug_epoch=0, warmup_iters=max(1, total // 5))
@@ -90,7 +90,7 @@ def run(args) -> dict:
     step_model = torch.compile(model) if args.compile else model
     gen = torch.Generator().manual_seed(0)
     batches = [synthetic_batch(args.batch_size, args.size, 80, gen, device) for _ in range(args.distinct_batches)]
-    kw = dict(clip_max_norm=0.1, ema=ema, scaler=scaler, amp_dtype=amp_dtype, model_takes_targets=True)
+    kw = dict(clip_max_norm=0.1, ema=ema, scaler=scaler, amp_dtype=amp_dtype)
 
     warm = _Timed(batches, args.warmup, device)
     step, _ = engine.train_one_epoch(step_model, criterion, warm, optimizer, scheduler, device, 0, **kw)

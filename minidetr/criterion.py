@@ -11,9 +11,17 @@ query to each target. Then:
 
 Box losses (and the sigmoid classification losses) are sums divided by ``num_boxes``, the number of target
 boxes in the batch averaged over processes, so every target weighs the same whatever the batch layout.
+
+``LOSS_RECIPES`` is the one table of what each classification method trains with by default: its
+loss weights, its matching costs and its alpha / gamma (read from the loss function's signature in
+``minidetr.losses``). The criteria and ``minidetr.train.TrainConfig`` (whose loss fields default to
+``None``, "the recipe's value") both take their defaults from it.
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +29,54 @@ from torch import Tensor, nn
 
 from .boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
 from .distributed import all_reduce_mean
-from .losses import CLASSIFICATION_LOSS_DEFAULTS, classification_loss, softmax_cross_entropy
+from .losses import SIGMOID_LOSSES, classification_loss, softmax_cross_entropy
 from .matching import HungarianMatcher
 
-__all__ = ["SetCriterion", "build_criterion", "box_losses", "num_boxes_across_processes"]
+__all__ = ["LOSS_CLASSES", "LOSS_RECIPES", "SetCriterion", "box_losses", "num_boxes_across_processes"]
 
 LOSS_CLASSES = ("ce", "focal", "vfl", "mal")
+
+
+def _signature_defaults(method: str) -> dict[str, Any]:
+    params = inspect.signature(SIGMOID_LOSSES[method]).parameters
+    return {"alpha": params["alpha"].default, "gamma": params["gamma"].default}
+
+
+# Per classification method, the official recipe. weight_dict: the weights of the final layer's losses (every
+# auxiliary, encoder and denoising copy takes the same); matcher: the Hungarian costs (focal-style class cost
+# for the sigmoid heads).
+LOSS_RECIPES: dict[str, dict[str, Any]] = {
+    # DETR (facebookresearch/detr main.py): --eos_coef 0.1, --bbox_loss_coef 5, --giou_loss_coef 2, class
+    # weight 1; matcher --set_cost_class 1, --set_cost_bbox 5, --set_cost_giou 2 on the softmax probability.
+    "ce": {
+        "alpha": None,
+        "gamma": None,
+        "eos_coef": 0.1,
+        "weight_dict": {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        "matcher": {"cost_class": 1.0, "cost_bbox": 5.0, "cost_giou": 2.0, "use_focal": False},
+    },
+    # Deformable DETR (fundamentalvision/Deformable-DETR main.py): --cls_loss_coef 2, --bbox_loss_coef 5,
+    # --giou_loss_coef 2, --focal_alpha 0.25 with gamma 2; matcher 2 / 5 / 2 with the focal-style class cost.
+    "focal": {
+        **_signature_defaults("focal"),
+        "weight_dict": {"loss_focal": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        "matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "use_focal": True},
+    },
+    # RT-DETRv2 (lyuwenyu/RT-DETR rtdetrv2_r50vd.yml, RTDETRCriterionv2): weight_dict {loss_vfl: 1, loss_bbox: 5,
+    # loss_giou: 2}, alpha 0.75, gamma 2; matcher {cost_class: 2, cost_bbox: 5, cost_giou: 2}, focal cost.
+    "vfl": {
+        **_signature_defaults("vfl"),
+        "weight_dict": {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        "matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "use_focal": True},
+    },
+    # DEIM (ShihuaHuang95/DEIM configs, DEIMCriterion): weight_dict {loss_mal: 1, loss_bbox: 5, loss_giou: 2},
+    # gamma 1.5 and no alpha (mal_alpha None: the inherited alpha 0.75 is unused by MAL); matcher as RT-DETRv2.
+    "mal": {
+        **_signature_defaults("mal"),
+        "weight_dict": {"loss_mal": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        "matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "use_focal": True},
+    },
+}
 
 
 def box_losses(pred_boxes: Tensor, target_boxes: Tensor, num_boxes: float) -> dict[str, Tensor]:
@@ -49,22 +99,22 @@ class SetCriterion(nn.Module):
     """Hungarian matching plus DETR's losses, for the final layer and every auxiliary layer.
 
     ``criterion(outputs, targets)`` returns UNWEIGHTED losses named ``loss_<class method>``, ``loss_bbox``,
-    ``loss_giou`` and, for ``aux_outputs[i]``, the same names with the suffix ``_{i}``. The total is
-    ``sum(criterion.weight_dict[k] * losses[k])``: ``weight_dict`` holds the suffixed names of
-    ``num_aux_layers`` layers from the start, and grows if the model returns more.
+    ``loss_giou`` and, for ``aux_outputs[i]``, the same names with the suffix ``_{i}``. ``total(losses)`` is
+    the weighted sum, computed there and nowhere else; ``weight_dict`` holds the weight of every name the
+    criterion can return (``num_aux_layers`` auxiliary layers), fixed when it is built.
 
-    ``weight_dict=None``, ``alpha=None``, ``gamma=None`` take the method's recipe from
-    ``minidetr.losses.CLASSIFICATION_LOSS_DEFAULTS`` (DETR: CE 1, L1 5, GIoU 2; DEIM: MAL 1, L1 5, GIoU 2,
-    gamma 1.5).
+    ``matcher``, ``weight_dict`` (the three final-layer weights), ``eos_coef``, ``alpha`` and ``gamma`` left as
+    ``None`` take the method's recipe from ``LOSS_RECIPES`` (DETR: CE 1, L1 5, GIoU 2, no-object 0.1; DEIM: MAL 1,
+    L1 5, GIoU 2, gamma 1.5). A weight for a loss the criterion does not compute is an error, not a silent zero.
     """
 
     def __init__(
         self,
         num_classes: int,
-        matcher: nn.Module,
+        matcher: nn.Module | None = None,
         weight_dict: dict[str, float] | None = None,
         loss_class: str = "ce",
-        eos_coef: float = 0.1,
+        eos_coef: float | None = None,
         alpha: float | None = None,
         gamma: float | None = None,
         num_aux_layers: int = 0,
@@ -72,39 +122,48 @@ class SetCriterion(nn.Module):
         super().__init__()
         if loss_class not in LOSS_CLASSES:
             raise ValueError(f"loss_class={loss_class!r}; choose one of {LOSS_CLASSES}")
-        defaults = CLASSIFICATION_LOSS_DEFAULTS[loss_class]
-        self.num_classes, self.matcher, self.loss_class = num_classes, matcher, loss_class
-        self.eos_coef = eos_coef
-        self.alpha = defaults["alpha"] if alpha is None else alpha
-        self.gamma = defaults["gamma"] if gamma is None else gamma
-        base = dict(defaults["weight_dict"] if weight_dict is None else weight_dict)
+        recipe = LOSS_RECIPES[loss_class]
+        self.num_classes, self.loss_class = num_classes, loss_class
+        self.matcher = HungarianMatcher(**recipe["matcher"]) if matcher is None else matcher
+        self.eos_coef = recipe.get("eos_coef") if eos_coef is None else eos_coef
+        self.alpha = recipe["alpha"] if alpha is None else alpha
+        self.gamma = recipe["gamma"] if gamma is None else gamma
+        base = dict(recipe["weight_dict"] if weight_dict is None else weight_dict)
         self.class_loss_name = f"loss_{loss_class}"
         expected = {self.class_loss_name, "loss_bbox", "loss_giou"}
-        if not expected <= set(base):
-            raise ValueError(f"weight_dict needs weights for {sorted(expected)}, got {sorted(base)}")
-        self.base_weight_dict = {k: base[k] for k in sorted(expected)}
+        if set(base) != expected:
+            unknown, missing = sorted(set(base) - expected), sorted(expected - set(base))
+            raise ValueError(
+                f"weight_dict for loss_class={loss_class!r} needs exactly {sorted(expected)}; "
+                f"unknown: {unknown}, missing: {missing}"
+            )
+        self.base_weight_dict = {k: float(base[k]) for k in sorted(expected)}
         self.weight_dict = dict(self.base_weight_dict)
-        self._add_aux_weights(num_aux_layers)
+        self._copy_weights([f"_{i}" for i in range(num_aux_layers)])
 
-    def _add_aux_weights(self, num_aux_layers: int) -> None:
-        for i in range(num_aux_layers):
-            for k, w in self.base_weight_dict.items():
-                self.weight_dict.setdefault(f"{k}_{i}", w)
+    def _copy_weights(self, suffixes: list[str]) -> None:
+        for suffix in suffixes:
+            self.weight_dict.update({f"{k}{suffix}": w for k, w in self.base_weight_dict.items()})
 
     def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """``outputs``: ``pred_logits [B, Q, K(+1)]``, ``pred_boxes [B, Q, 4]``, optional ``aux_outputs``;
         ``targets``: B dicts with ``labels [T_b]`` and ``boxes [T_b, 4]`` (normalised cxcywh)."""
         num_boxes = num_boxes_across_processes(targets, outputs["pred_boxes"].device)
         losses = self.layer_losses(outputs, targets, num_boxes)
-        aux = outputs.get("aux_outputs", [])
-        self._add_aux_weights(len(aux))
-        for i, aux_out in enumerate(aux):
+        for i, aux_out in enumerate(outputs.get("aux_outputs", [])):
             losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux_out, targets, num_boxes).items()})
         return losses
 
     def total(self, losses: dict[str, Tensor]) -> Tensor:
-        """``sum(weight_dict[k] * losses[k])`` over the losses that have a weight."""
-        return sum(self.weight_dict[k] * v for k, v in losses.items() if k in self.weight_dict)
+        """``sum(weight_dict[k] * losses[k])``: the loss a training step minimises. Every term must have a weight:
+        a model deeper than the criterion was built for is an error, not a term left out."""
+        unweighted = sorted(set(losses) - set(self.weight_dict))
+        if unweighted:
+            raise ValueError(
+                f"losses {unweighted} have no weight: the model returns more layers than this criterion was "
+                "built for (num_aux_layers / num_dec_layers)"
+            )
+        return sum(self.weight_dict[k] * v for k, v in losses.items())
 
     def layer_losses(
         self,
@@ -153,21 +212,3 @@ class SetCriterion(nn.Module):
             )
             losses[self.class_loss_name] = loss / num_boxes
         return losses
-
-
-def build_criterion(
-    num_classes: int,
-    loss_class: str = "ce",
-    weight_dict: dict[str, float] | None = None,
-    num_aux_layers: int = 0,
-    **kwargs,
-) -> SetCriterion:
-    """A ``SetCriterion`` with its recipe's matcher (``CLASSIFICATION_LOSS_DEFAULTS[loss_class]["matcher"]``).
-
-    For a model from ``ModelConfig`` ``cfg``: ``build_criterion(cfg.num_classes, loss_class,
-    num_aux_layers=cfg.dec_layers - 1 if cfg.aux_loss else 0)``; ``use_focal`` must be ``loss_class != "ce"``.
-    """
-    if loss_class not in LOSS_CLASSES:
-        raise ValueError(f"loss_class={loss_class!r}; choose one of {LOSS_CLASSES}")
-    matcher = HungarianMatcher(**CLASSIFICATION_LOSS_DEFAULTS[loss_class]["matcher"])
-    return SetCriterion(num_classes, matcher, weight_dict, loss_class, num_aux_layers=num_aux_layers, **kwargs)

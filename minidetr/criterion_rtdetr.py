@@ -8,9 +8,10 @@ An RT-DETR forward pass in training returns four kinds of predictions (see ``min
 - the Q encoder proposals picked by query selection (``enc_aux_outputs``) -> ``_enc_0``;
 - the denoising queries of all L layers (``dn_aux_outputs`` then ``dn_outputs``) -> ``_dn_0`` .. ``_dn_{L-1}``.
 
-The first three are Hungarian-matched, each on its own (as the official criteria do); all their cost
-matrices reach the CPU in ONE copy (``HungarianMatcher.match_many``). The denoising outputs need no matching:
-positive copy j of each group answers ground truth j (``dn_matched_indices``), and since every target is
+This class owns all the matching. The first three are Hungarian-matched, each on its own (as the official
+criteria do); all their cost matrices reach the CPU in ONE copy (``HungarianMatcher.match_many``). The
+denoising outputs need no matching: positive copy j of each group answers ground truth j
+(``dn_matched_indices``, from the layout ``minidetr.models.rtdetr.denoising`` builds), and since every target is
 counted once per group, their losses are divided by ``num_boxes * dn_num_group``.
 R50 with 6 layers: 3 losses x (1 + 5 + 1 + 6) = 39 terms, the official naming.
 
@@ -25,11 +26,9 @@ import torch
 from torch import Tensor
 
 from .criterion import SetCriterion, num_boxes_across_processes
-from .losses import CLASSIFICATION_LOSS_DEFAULTS
 from .matching import HungarianMatcher
-from .models.rtdetr.denoising import dn_matched_indices
 
-__all__ = ["RTDETRCriterion", "build_rtdetr_criterion"]
+__all__ = ["RTDETRCriterion", "dn_matched_indices"]
 
 
 def _upcast(t: Tensor) -> Tensor:
@@ -45,16 +44,16 @@ class RTDETRCriterion(SetCriterion):
     """Set losses on the main, auxiliary, encoder and denoising outputs of an RT-DETR model.
 
     ``criterion(outputs, targets)`` returns UNWEIGHTED losses (names in the module docstring);
-    ``weight_dict`` holds every name the model returns (the suffixed copies take the base weights);
-    ``total(losses)`` is the weighted sum. ``loss_class``: ``"mal"`` (DEIM) or ``"vfl"`` (RT-DETRv2) or
-    ``"focal"``; ``weight_dict``, ``alpha`` and ``gamma`` default to that method's official recipe.
-    ``num_dec_layers`` pre-fills ``weight_dict`` for a model of that depth (it grows if the model returns more).
+    ``weight_dict`` holds every name a model of ``num_dec_layers`` layers returns (the suffixed copies take the
+    base weights); ``total(losses)`` is the weighted sum. ``loss_class``: ``"mal"`` (DEIM) or ``"vfl"``
+    (RT-DETRv2) or ``"focal"``; ``matcher``, ``weight_dict``, ``alpha`` and ``gamma`` default to that method's
+    official recipe (``minidetr.criterion.LOSS_RECIPES``).
     """
 
     def __init__(
         self,
         num_classes: int,
-        matcher: HungarianMatcher,
+        matcher: HungarianMatcher | None = None,
         weight_dict: dict[str, float] | None = None,
         loss_class: str = "mal",
         alpha: float | None = None,
@@ -64,14 +63,9 @@ class RTDETRCriterion(SetCriterion):
         if loss_class == "ce":
             raise ValueError("RT-DETR models have sigmoid heads: use loss_class 'mal', 'vfl' or 'focal', not 'ce'")
         super().__init__(num_classes, matcher, weight_dict, loss_class, alpha=alpha, gamma=gamma)
-        self._add_weights("aux", num_dec_layers - 1)
-        self._add_weights("enc", 1)
-        self._add_weights("dn", num_dec_layers)
-
-    def _add_weights(self, kind: str, n: int) -> None:
-        for i in range(n):
-            for k, w in self.base_weight_dict.items():
-                self.weight_dict.setdefault(f"{k}_{kind}_{i}", w)
+        self._copy_weights([f"_aux_{i}" for i in range(num_dec_layers - 1)])
+        self._copy_weights(["_enc_0"])
+        self._copy_weights([f"_dn_{i}" for i in range(num_dec_layers)])
 
     def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """``outputs``: an RT-DETR model's dict; ``targets``: B dicts with ``labels [T_b]``, ``boxes [T_b, 4]``."""
@@ -94,9 +88,6 @@ class RTDETRCriterion(SetCriterion):
                 for i, out in enumerate(dn_layers):
                     layer = self.layer_losses(_fp32(out), targets, dn_num_boxes, dn_indices)
                     losses.update(self._suffixed(layer, f"_dn_{i}"))
-        for name in losses:  # a model deeper than announced: its extra terms take the base weights
-            if name not in self.weight_dict:
-                self.weight_dict[name] = self.base_weight_dict[_base_name(name)]
         return losses
 
     @staticmethod
@@ -104,27 +95,17 @@ class RTDETRCriterion(SetCriterion):
         return {f"{k}{suffix}": v for k, v in losses.items()}
 
 
-def _base_name(name: str) -> str:
-    for kind in ("_aux_", "_enc_", "_dn_"):
-        if kind in name:
-            return name.split(kind)[0]
-    return name
+def dn_matched_indices(dn_meta: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
+    """The fixed (query_idx, target_idx) pairs of the DN outputs: positive copy j of group g answers GT j.
 
-
-def build_rtdetr_criterion(
-    num_classes: int,
-    loss_class: str = "mal",
-    num_dec_layers: int = 6,
-    weight_dict: dict[str, float] | None = None,
-    matcher_costs: dict[str, float] | None = None,
-    alpha: float | None = None,
-    gamma: float | None = None,
-) -> RTDETRCriterion:
-    """The official recipe's criterion: matcher costs class 2 / L1 5 / GIoU 2 with the focal-style class cost
-    (``CLASSIFICATION_LOSS_DEFAULTS[loss_class]["matcher"]``, overridable with ``matcher_costs``)."""
-    if loss_class not in ("mal", "vfl", "focal"):
-        raise ValueError(f"loss_class={loss_class!r}; RT-DETR models use 'mal' (DEIM), 'vfl' (RT-DETRv2) or 'focal'")
-    costs = {**CLASSIFICATION_LOSS_DEFAULTS[loss_class]["matcher"], **(matcher_costs or {})}
-    return RTDETRCriterion(
-        num_classes, HungarianMatcher(**costs), weight_dict, loss_class, alpha, gamma, num_dec_layers
-    )
+    Same format as a matcher's output, so the box and class losses apply unchanged (the official code
+    normalises the DN losses by ``num_boxes * dn_num_group``).
+    """
+    out = []
+    for positives, t in zip(dn_meta["dn_positive_idx"], targets, strict=True):
+        n = len(t["labels"])
+        gt = torch.arange(n, device=positives.device).repeat(dn_meta["dn_num_group"])
+        if len(gt) != len(positives):
+            raise ValueError(f"dn_meta has {len(positives)} positives for an image with {n} targets: stale dn_meta?")
+        out.append((positives.long(), gt.long()))
+    return out

@@ -3,8 +3,9 @@
 ``torchrun --nproc_per_node=N -m minidetr.train ...`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in each
 process; ``init_distributed()`` reads them and joins the process group (NCCL on CUDA, gloo on CPU). Without
 them it does nothing and everything below degrades to the single-process case, so ``fit`` has one code path.
-Each process sees its own shard of the data (``DistributedSampler``, reshuffled per epoch by ``set_epoch``);
-DDP averages gradients, so every replica takes the same step; only rank 0 writes logs and checkpoints.
+Each process sees its own shard of the data (``DistributedSampler``, reshuffled per epoch by
+``minidetr.data.set_epoch``); DDP averages gradients, so every replica takes the same step; only rank 0 writes
+logs and checkpoints.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DistributedSampler
-
-from .logs import get_rank, get_world_size, is_distributed, is_main_process
 
 _log = logging.getLogger("minidetr.train")
 
@@ -33,11 +31,30 @@ __all__ = [
     "all_reduce_mean",
     "reduce_dict",
     "all_gather_objects",
-    "set_sampler_epoch",
     "touch_all_parameters",
     "wrap_model",
     "cleanup",
 ]
+
+
+def is_distributed() -> bool:
+    """True inside an initialised torch.distributed process group (torchrun), else False."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """This process's rank under torch.distributed, 0 when not distributed."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    """Number of training processes, 1 when not distributed."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0: the one process that prints, logs and writes checkpoints."""
+    return get_rank() == 0
 
 
 @dataclass(frozen=True)
@@ -100,12 +117,6 @@ def all_gather_objects(obj: object) -> list:
     gathered: list = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def set_sampler_epoch(loader, epoch: int) -> None:
-    """Give a ``DistributedSampler`` the epoch, so each epoch gets a new (seeded) shuffle on every rank."""
-    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
-        loader.sampler.set_epoch(epoch)
 
 
 def touch_all_parameters(loss: Tensor, model: nn.Module) -> Tensor:

@@ -32,52 +32,10 @@ __all__ = [
     "varifocal_loss",
     "mal_loss",
     "classification_loss",
-    "CLASSIFICATION_LOSS_DEFAULTS",
+    "SIGMOID_LOSSES",
 ]
 
 Reduction = Literal["none", "mean", "sum"]
-
-# Defaults per classification method, as the official recipes set them. `weight_dict` names follow the
-# criterion's loss names; `matcher` holds the Hungarian matching costs that go with the recipe.
-CLASSIFICATION_LOSS_DEFAULTS: dict[str, dict] = {
-    # DETR (facebookresearch/detr main.py): --eos_coef 0.1, --bbox_loss_coef 5, --giou_loss_coef 2, class
-    # weight 1 (models/detr.py build(): weight_dict = {"loss_ce": 1, ...}); matcher --set_cost_class 1,
-    # --set_cost_bbox 5, --set_cost_giou 2 with the softmax probability as class cost.
-    "ce": {
-        "alpha": None,
-        "gamma": None,
-        "eos_coef": 0.1,
-        "weight_dict": {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
-        "matcher": {"cost_class": 1.0, "cost_bbox": 5.0, "cost_giou": 2.0, "use_focal": False},
-    },
-    # Deformable DETR (fundamentalvision/Deformable-DETR main.py): --cls_loss_coef 2, --bbox_loss_coef 5,
-    # --giou_loss_coef 2, --focal_alpha 0.25, gamma 2 (the default of its sigmoid_focal_loss); matcher
-    # --set_cost_class 2, --set_cost_bbox 5, --set_cost_giou 2 with the focal-style class cost.
-    "focal": {
-        "alpha": 0.25,
-        "gamma": 2.0,
-        "weight_dict": {"loss_focal": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
-        "matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "use_focal": True},
-    },
-    # RT-DETRv2 (lyuwenyu/RT-DETR rtdetrv2_pytorch/configs/rtdetrv2/include/rtdetrv2_r50vd.yml,
-    # RTDETRCriterionv2): weight_dict {loss_vfl: 1, loss_bbox: 5, loss_giou: 2}, alpha 0.75, gamma 2.0;
-    # matcher weight_dict {cost_class: 2, cost_bbox: 5, cost_giou: 2} with focal cost alpha 0.25, gamma 2.
-    "vfl": {
-        "alpha": 0.75,
-        "gamma": 2.0,
-        "weight_dict": {"loss_vfl": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
-        "matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "use_focal": True},
-    },
-    # DEIM (ShihuaHuang95/DEIM configs, DEIMCriterion over RT-DETRv2's base): weight_dict {loss_mal: 1,
-    # loss_bbox: 5, loss_giou: 2}, gamma 1.5, mal_alpha None (the inherited alpha 0.75 is unused by MAL);
-    # matcher as RT-DETRv2. See /work/shared/reference/deim_r50_spec.md section 2.
-    "mal": {
-        "alpha": None,
-        "gamma": 1.5,
-        "weight_dict": {"loss_mal": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
-        "matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "use_focal": True},
-    },
-}
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -226,19 +184,19 @@ def classification_loss(
 ) -> Tensor:
     """Dispatch a sigmoid classification loss by name (``"focal"``, ``"vfl"``, ``"mal"``).
 
-    ``alpha`` / ``gamma`` left as ``None`` take :data:`CLASSIFICATION_LOSS_DEFAULTS`. For ``"mal"``
-    ``alpha=None`` means "no alpha" (the DEIM default). ``quality`` is required by ``"vfl"`` and ``"mal"``.
+    ``alpha`` / ``gamma`` left as ``None`` take the function's own defaults (the official recipes' values,
+    which ``minidetr.criterion.LOSS_RECIPES`` reads from these signatures). For ``"mal"`` the default
+    ``alpha=None`` means "no alpha" (DEIM). ``quality`` is required by ``"vfl"`` and ``"mal"``.
     """
-    if method not in ("focal", "vfl", "mal"):
+    if method not in SIGMOID_LOSSES:
         raise ValueError(f"method must be 'focal', 'vfl' or 'mal' (softmax 'ce' has its own function), got {method!r}")
-    defaults = CLASSIFICATION_LOSS_DEFAULTS[method]
-    gamma = defaults["gamma"] if gamma is None else gamma
+    params = {k: v for k, v in (("alpha", alpha), ("gamma", gamma)) if v is not None}
     if method == "focal":
-        alpha = defaults["alpha"] if alpha is None else alpha
-        return focal_loss(logits, labels, alpha=alpha, gamma=gamma, reduction=reduction)
+        return focal_loss(logits, labels, reduction=reduction, **params)
     if quality is None:
         raise ValueError(f"{method!r} needs `quality` (the detached IoU of each matched prediction, [..., K])")
-    if method == "vfl":
-        alpha = defaults["alpha"] if alpha is None else alpha
-        return varifocal_loss(logits, labels, quality, alpha=alpha, gamma=gamma, reduction=reduction)
-    return mal_loss(logits, labels, quality, gamma=gamma, alpha=alpha, reduction=reduction)
+    return SIGMOID_LOSSES[method](logits, labels, quality, reduction=reduction, **params)
+
+
+# The sigmoid losses by the name a config uses (``loss_class``); the criterion's loss is ``loss_<name>``.
+SIGMOID_LOSSES = {"focal": focal_loss, "vfl": varifocal_loss, "mal": mal_loss}

@@ -30,14 +30,13 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 from .checkpoint import CheckpointError
-from .config import TrainConfig, config_from_dict, get_preset
 from .data.coco_names import COCO_CLASS_NAMES, COCO_ID_NAMES
 from .evaluation import PostProcess
-from .models import DETR, ModelConfig, build_model
-from .models.detr_convert import is_official_detr_state, load_official_detr_weights
+from .models import build_model
+from .models.detr import is_official_detr_state, load_official_detr_weights
 from .models.official import read_official_checkpoint
-from .models.rtdetr import RTDETR
-from .models.rtdetr.convert import load_official_weights
+from .models.rtdetr import load_official_weights
+from .train import TrainConfig, config_from_dict, get_preset
 
 __all__ = ["load_model", "detr_eval_size", "predict", "draw_detections", "main"]
 
@@ -69,7 +68,7 @@ def load_model(
             f"trained as: --preset deim_r50 or rtdetrv2_r50 (DEIM / RT-DETRv2), --preset detr_r50 (DETR)"
         )
     cfg = get_preset(preset)
-    if isinstance(cfg.model, ModelConfig):
+    if cfg.model.family == "detr":
         return _load_official_detr(checkpoint, state, cfg, device)
     if is_official_detr_state(state.get("model", state)):
         raise CheckpointError(f"{str(checkpoint)!r} is an official DETR checkpoint: use --preset detr_r50")
@@ -146,8 +145,8 @@ def predict(
     Either way the whole image is resized, with no padding, so the normalised boxes scale straight back to
     its pixels.
     """
-    if use_focal is None:  # DETR says which head it has; RT-DETR / DEIM always have sigmoid (focal-style) heads
-        use_focal = getattr(model, "use_focal", isinstance(model, RTDETR))
+    if use_focal is None:  # the model says which head it has (RT-DETR / DEIM: always sigmoid)
+        use_focal = model.sigmoid_head
     postprocess = PostProcess(use_focal=use_focal)
     device = next(model.parameters()).device
 
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         parser.error(str(e))
     size = args.image_size or cfg.data.image_size
     # official DETR weights: aspect kept, shorter side `size`, longer at most 1333 at the default 800
-    max_size = round(size * DETR_MAX_SIZE / DETR_SHORT_SIDE) if args.preset and isinstance(model, DETR) else None
+    max_size = round(size * DETR_MAX_SIZE / DETR_SHORT_SIDE) if args.preset and cfg.model.family == "detr" else None
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from .logs import read_metrics
+from .train.logs import read_metrics
 
 __all__ = [
     "live_frontend",

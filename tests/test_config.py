@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from minidetr.config import (
+from minidetr.models import DETRConfig
+from minidetr.models.rtdetr import RTDETRConfig
+from minidetr.train import (
     DEFAULT_PRESET,
     PRESETS,
     ConfigError,
@@ -15,15 +17,14 @@ from minidetr.config import (
     config_to_dict,
     get_preset,
     preset_descriptions,
+    resolve_loss,
 )
-from minidetr.models import ModelConfig
-from minidetr.models.rtdetr import RTDETRConfig
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_valid_and_described(name):
     cfg = get_preset(name)
-    assert isinstance(cfg, TrainConfig) and isinstance(cfg.model, (ModelConfig, RTDETRConfig))
+    assert isinstance(cfg, TrainConfig) and isinstance(cfg.model, (DETRConfig, RTDETRConfig))
     assert cfg.preset == name
     if cfg.data.source == "coco":  # the COCO folder comes from --data at launch
         cfg.data.root = "/data/coco"
@@ -49,7 +50,11 @@ def test_detr_r50_is_the_papers_recipe():
     m = cfg.model
     assert (m.backbone, m.hidden_dim, m.nheads, m.enc_layers, m.dec_layers) == ("resnet50", 256, 8, 6, 6)
     assert (m.dim_feedforward, m.dropout, m.num_queries, m.aux_loss) == (2048, 0.1, 100, True)
-    assert (cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, cfg.eos_coef) == (1.0, 5.0, 2.0, 0.1)
+    # the loss fields come from the CE recipe (resolved when a run starts)
+    assert (cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, cfg.eos_coef) == (None, None, None, None)
+    r = resolve_loss(cfg)
+    assert (r.set_cost_class, r.set_cost_bbox, r.set_cost_giou, r.eos_coef) == (1.0, 5.0, 2.0, 0.1)
+    assert (r.class_loss_coef, r.bbox_loss_coef, r.giou_loss_coef) == (1.0, 5.0, 2.0)
     assert cfg.data.source == "coco"
 
 
@@ -113,7 +118,7 @@ def test_bad_overrides_give_one_line_errors(override, words):
         ("epochs=0", "epochs"),
         ("batch_size=-2", "batch_size"),
         ("lr_backbone=-1e-5", "lr_backbone"),
-        ("model.hidden_dim=66", "hidden_dim"),  # not divisible by nheads: ModelConfig's own check
+        ("model.hidden_dim=66", "hidden_dim"),  # not divisible by nheads: DETRConfig's own check
         ("loss_class=focal", "use_focal"),  # a sigmoid loss needs the head without the no-object logit
         ("data.source=coco", "--data"),
     ],
@@ -149,3 +154,60 @@ def test_from_dict_rejects_unknown_keys():
     d["model"]["hiddn_dim"] = 3
     with pytest.raises(ConfigError, match="hiddn_dim"):
         config_from_dict(d)
+
+
+def test_loss_recipe_is_the_one_source_of_the_loss_defaults():
+    """TrainConfig's loss fields default to the recipe: fit(loss_class=...) and SetCriterion(loss_class=...) train
+    the same loss (they once disagreed on focal's class weight, 1 vs 2)."""
+    from minidetr.criterion import LOSS_RECIPES, SetCriterion
+    from minidetr.train import build_criterion
+
+    for loss_class in ("ce", "focal", "vfl", "mal"):
+        cfg = apply_overrides(get_preset("detr_shapes"), [f"loss_class={loss_class}"])
+        cfg.model.use_focal = loss_class != "ce"
+        from_config, direct = build_criterion(cfg.validate()), SetCriterion(4, loss_class=loss_class)
+        assert from_config.base_weight_dict == direct.base_weight_dict == LOSS_RECIPES[loss_class]["weight_dict"]
+        assert (from_config.alpha, from_config.gamma, from_config.eos_coef) == (
+            direct.alpha,
+            direct.gamma,
+            direct.eos_coef,
+        )
+        m1, m2 = from_config.matcher, direct.matcher
+        assert (m1.cost_class, m1.cost_bbox, m1.cost_giou, m1.use_focal) == (
+            m2.cost_class,
+            m2.cost_bbox,
+            m2.cost_giou,
+            m2.use_focal,
+        )
+    assert (
+        build_criterion(apply_overrides(get_preset("detr_shapes"), ["class_loss_coef=3"])).weight_dict["loss_ce_0"] == 3
+    )
+
+
+def test_set_loss_gamma_and_alpha_reach_the_loss():
+    import torch
+
+    from minidetr.criterion import LOSS_RECIPES
+    from minidetr.train import build_criterion
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 50, 4)
+    outputs = {"pred_logits": logits, "pred_boxes": torch.rand(2, 50, 4) * 0.5 + 0.25}
+    targets = [
+        {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]])}
+    ] * 2
+
+    def class_loss(preset, overrides):
+        cfg = apply_overrides(get_preset(preset), overrides)
+        criterion = build_criterion(cfg)
+        return criterion, criterion.layer_losses(outputs, targets, 4.0)[f"loss_{cfg.loss_class}"]
+
+    mal, base = class_loss("deim_shapes", [])
+    assert mal.gamma == LOSS_RECIPES["mal"]["gamma"] == 1.5 and mal.alpha is None
+    mal2, changed = class_loss("deim_shapes", ["loss_gamma=2.5"])
+    assert mal2.gamma == 2.5 and not torch.allclose(base, changed)
+    vfl, vbase = class_loss("rtdetr_shapes", [])
+    vfl2, vchanged = class_loss("rtdetr_shapes", ["loss_alpha=0.25"])
+    assert (vfl.alpha, vfl2.alpha) == (0.75, 0.25) and not torch.allclose(vbase, vchanged)
+    with pytest.raises(ConfigError, match="loss_gamma"):
+        apply_overrides(get_preset("deim_shapes"), ["loss_gamma=nan"]).validate()

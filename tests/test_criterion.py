@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
 
 from minidetr.boxes import box_cxcywh_to_xyxy
-from minidetr.criterion import SetCriterion, box_losses, build_criterion, num_boxes_across_processes
+from minidetr.criterion import LOSS_RECIPES, SetCriterion, box_losses, num_boxes_across_processes
 from minidetr.matching import HungarianMatcher
 
 K = 3  # real classes
@@ -119,7 +119,7 @@ def test_zero_target_images_and_more_targets_than_queries():
 
 def test_aux_losses_get_suffixes_and_weights():
     out, targets = make_outputs(aux=2), make_targets()
-    crit = build_criterion(K, "ce", num_aux_layers=2)
+    crit = SetCriterion(K, loss_class="ce", num_aux_layers=2)
     assert crit.weight_dict == {
         "loss_ce": 1.0,
         "loss_bbox": 5.0,
@@ -141,16 +141,26 @@ def test_aux_losses_get_suffixes_and_weights():
         torch.testing.assert_close(losses[f"{name}_1"], aux1[name])
     total = sum(crit.weight_dict[k] * v for k, v in losses.items())
     torch.testing.assert_close(crit.total(losses), total)
-    # a criterion built without aux layers learns them from the outputs
-    lazy = SetCriterion(K, HungarianMatcher())
-    assert set(lazy(out, targets)) == set(lazy.weight_dict)
+    # a criterion built without aux layers does not grow its weights in forward: total() names the unweighted terms
+    shallow = SetCriterion(K, HungarianMatcher())
+    assert set(shallow.weight_dict) == {"loss_ce", "loss_bbox", "loss_giou"}
+    with pytest.raises(ValueError, match=r"loss_bbox_0.*no weight"):
+        shallow.total(shallow(out, targets))
+    assert set(shallow.weight_dict) == {"loss_ce", "loss_bbox", "loss_giou"}
+
+
+def test_a_weight_for_a_loss_the_criterion_does_not_compute_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown: \['loss_cls'\]"):
+        SetCriterion(K, loss_class="ce", weight_dict={"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2, "loss_cls": 3})
+    with pytest.raises(ValueError, match=r"unknown: \['loss_vfl'\], missing: \['loss_mal'\]"):
+        SetCriterion(K, loss_class="mal", weight_dict={"loss_vfl": 1, "loss_bbox": 5, "loss_giou": 2})
 
 
 @pytest.mark.parametrize("loss_class", ["ce", "focal", "vfl", "mal"])
 def test_each_classification_loss_runs_and_gradients_flow(loss_class):
     k = K + 1 if loss_class == "ce" else K
     out = make_outputs(k=k, aux=1, requires_grad=True)
-    crit = build_criterion(K, loss_class, num_aux_layers=1)
+    crit = SetCriterion(K, loss_class=loss_class, num_aux_layers=1)
     losses = crit(out, make_targets())
     assert f"loss_{loss_class}" in losses and f"loss_{loss_class}_0" in losses
     assert all(torch.isfinite(v) and v.item() >= 0 for v in losses.values())
@@ -160,20 +170,20 @@ def test_each_classification_loss_runs_and_gradients_flow(loss_class):
 
 
 def test_defaults_follow_each_recipe():
-    mal = build_criterion(K, "mal")
+    mal = SetCriterion(K, loss_class="mal")
     assert mal.weight_dict == {"loss_mal": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
     assert mal.gamma == 1.5 and mal.matcher.use_focal
-    ce = build_criterion(K, "ce")
+    ce = SetCriterion(K, loss_class="ce")
     assert ce.eos_coef == 0.1 and not ce.matcher.use_focal
     with pytest.raises(ValueError, match="loss_class"):
-        build_criterion(K, "softmax")
+        SetCriterion(K, loss_class="softmax")
     with pytest.raises(ValueError, match="weight_dict"):
         SetCriterion(K, HungarianMatcher(), {"loss_ce": 1.0}, "ce")
 
 
 def test_focal_loss_equals_torchvision_on_matched_one_hot():
     out, targets = make_outputs(k=K), make_targets()
-    crit = build_criterion(K, "focal")
+    crit = SetCriterion(K, loss_class="focal")
     onehot = torch.zeros_like(out["pred_logits"])
     for b, (q, t) in enumerate(crit.matcher(out, targets)):
         onehot[b, q, targets[b]["labels"][t]] = 1
@@ -184,7 +194,7 @@ def test_focal_loss_equals_torchvision_on_matched_one_hot():
 @pytest.mark.parametrize("loss_class", ["vfl", "mal"])
 def test_quality_is_detached(loss_class):
     out = make_outputs(k=K, requires_grad=True)
-    losses = build_criterion(K, loss_class)(out, make_targets())
+    losses = SetCriterion(K, loss_class=loss_class)(out, make_targets())
     losses[f"loss_{loss_class}"].backward()
     assert out["pred_boxes"].grad is None or out["pred_boxes"].grad.abs().sum() == 0
     assert out["pred_logits"].grad.abs().sum() > 0
@@ -194,7 +204,7 @@ def test_quality_is_detached(loss_class):
 def test_loss_is_invariant_to_the_order_of_predictions(loss_class):
     out = make_outputs(k=K + 1 if loss_class == "ce" else K, queries=6, aux=1)
     targets = make_targets(sizes=(3, 2))
-    crit = build_criterion(K, loss_class, num_aux_layers=1)
+    crit = SetCriterion(K, loss_class=loss_class, num_aux_layers=1)
     perm = torch.randperm(6, generator=torch.Generator().manual_seed(3))
     permuted = {
         "pred_logits": out["pred_logits"][:, perm],
@@ -208,7 +218,7 @@ def test_loss_is_invariant_to_the_order_of_predictions(loss_class):
 
 def test_wrong_number_of_logits_is_explained():
     with pytest.raises(ValueError, match="use_focal=True"):
-        build_criterion(K, "mal")(make_outputs(k=K + 1), make_targets())
+        SetCriterion(K, loss_class="mal")(make_outputs(k=K + 1), make_targets())
 
 
 def test_box_losses_function_and_num_boxes_distributed(tmp_path):
@@ -222,3 +232,16 @@ def test_box_losses_function_and_num_boxes_distributed(tmp_path):
         assert num_boxes_across_processes(make_targets(sizes=(2, 3)), torch.device("cpu")) == 5.0
     finally:
         dist.destroy_process_group()
+
+
+def test_recipe_defaults_match_official_configs():
+    d = LOSS_RECIPES
+    assert set(d) == {"ce", "focal", "vfl", "mal"}
+    assert d["ce"]["eos_coef"] == 0.1 and d["ce"]["weight_dict"] == {"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}
+    assert (d["focal"]["alpha"], d["focal"]["gamma"], d["focal"]["weight_dict"]["loss_focal"]) == (0.25, 2.0, 2)
+    assert (d["vfl"]["alpha"], d["vfl"]["gamma"], d["vfl"]["weight_dict"]["loss_vfl"]) == (0.75, 2.0, 1)
+    assert (d["mal"]["alpha"], d["mal"]["gamma"]) == (None, 1.5)
+    assert d["mal"]["weight_dict"] == {"loss_mal": 1, "loss_bbox": 5, "loss_giou": 2}
+    # the loss names in each weight_dict are the criterion's names for that method
+    for method, cfg in d.items():
+        assert f"loss_{method}" in cfg["weight_dict"]

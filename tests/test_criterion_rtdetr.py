@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torchvision.ops import box_convert, box_iou, generalized_box_iou
 
 from minidetr.criterion import SetCriterion
-from minidetr.criterion_rtdetr import RTDETRCriterion, build_rtdetr_criterion
+from minidetr.criterion_rtdetr import RTDETRCriterion
 from minidetr.matching import HungarianMatcher
-from minidetr.models.rtdetr import build_rtdetr
+from minidetr.models import build_model
 
 
 def random_boxes(*shape, generator):
@@ -67,7 +67,7 @@ def batch():
 
 def test_r50_loss_dict_has_the_official_39_terms(batch):
     outputs, targets = batch
-    criterion = build_rtdetr_criterion(80, "mal")
+    criterion = RTDETRCriterion(80, loss_class="mal")
     losses = criterion(outputs, targets)
     assert len(losses) == 39
     suffixes = ["", *[f"_aux_{i}" for i in range(5)], "_enc_0", *[f"_dn_{i}" for i in range(6)]]
@@ -76,13 +76,13 @@ def test_r50_loss_dict_has_the_official_39_terms(batch):
     assert criterion.weight_dict["loss_bbox_dn_3"] == 5 and criterion.weight_dict["loss_mal_enc_0"] == 1
     assert criterion.weight_dict["loss_giou_aux_4"] == 2
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
-    vfl = build_rtdetr_criterion(80, "vfl")(outputs, targets)
+    vfl = RTDETRCriterion(80, loss_class="vfl")(outputs, targets)
     assert len(vfl) == 39 and "loss_vfl_dn_5" in vfl and "loss_mal" not in vfl
 
 
 def test_matched_layers_equal_set_criterion_layer_by_layer(batch):
     outputs, targets = batch
-    criterion = build_rtdetr_criterion(80, "mal")
+    criterion = RTDETRCriterion(80, loss_class="mal")
     losses = criterion(outputs, targets)
     reference = SetCriterion(80, HungarianMatcher(2, 5, 2, use_focal=True), loss_class="mal")
     num_boxes = 10.0
@@ -97,7 +97,7 @@ def test_matched_layers_equal_set_criterion_layer_by_layer(batch):
 def test_denoising_losses_from_scratch(batch):
     """DN: fixed pairs (positive j of group k <-> GT j), sums divided by num_boxes * groups; MAL by its formula."""
     outputs, targets = batch
-    losses = build_rtdetr_criterion(80, "mal")(outputs, targets)
+    losses = RTDETRCriterion(80, loss_class="mal")(outputs, targets)
     groups = outputs["dn_meta"]["dn_num_group"]
     norm = 10.0 * groups  # 3 + 7 targets
     for i, out in enumerate([*outputs["dn_aux_outputs"], outputs["dn_outputs"]]):
@@ -124,7 +124,7 @@ def test_denoising_losses_from_scratch(batch):
 
 def test_one_device_to_host_copy_for_all_matchings(batch, monkeypatch):
     outputs, targets = batch
-    criterion = build_rtdetr_criterion(80, "vfl")
+    criterion = RTDETRCriterion(80, loss_class="vfl")
     calls = []
     original = torch.Tensor.cpu
     monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: calls.append(self.shape) or original(self, *a, **k))
@@ -144,7 +144,7 @@ def test_match_many_equals_separate_matcher_calls(batch):
 
 def test_losses_are_fp32_under_autocast(batch):
     outputs, targets = batch
-    criterion = build_rtdetr_criterion(80, "mal")
+    criterion = RTDETRCriterion(80, loss_class="mal")
     half = {k: v for k, v in outputs.items()}
     for key in ("pred_logits", "pred_boxes"):
         half[key] = outputs[key].bfloat16()
@@ -162,19 +162,24 @@ def test_image_without_targets_and_no_denoising():
     targets = make_targets([0, 4], 80, g)
     outputs = fake_outputs(targets, dec_layers=3)
     outputs["dn_meta"]["dn_positive_idx"][0] = torch.zeros(0, dtype=torch.long)
-    losses = build_rtdetr_criterion(80, "mal", num_dec_layers=3)(outputs, targets)
+    losses = RTDETRCriterion(80, loss_class="mal", num_dec_layers=3)(outputs, targets)
     assert len(losses) == 3 * (1 + 2 + 1 + 3) and all(torch.isfinite(v) for v in losses.values())
     for key in ("dn_outputs", "dn_aux_outputs", "dn_meta"):
         del outputs[key]
-    assert len(build_rtdetr_criterion(80, "mal", num_dec_layers=3)(outputs, targets)) == 3 * 4
+    assert len(RTDETRCriterion(80, loss_class="mal", num_dec_layers=3)(outputs, targets)) == 3 * 4
 
 
-def test_deeper_model_than_announced_gets_weights():
+def test_deeper_model_than_announced_is_an_error_in_the_total():
     g = torch.Generator().manual_seed(2)
     targets = make_targets([2], 80, g)
-    criterion = build_rtdetr_criterion(80, "vfl", num_dec_layers=2)
+    criterion = RTDETRCriterion(80, loss_class="vfl", num_dec_layers=2)
+    weights = dict(criterion.weight_dict)
     losses = criterion(fake_outputs(targets, dec_layers=4), targets)
-    assert set(losses) <= set(criterion.weight_dict) and criterion.weight_dict["loss_vfl_dn_3"] == 1
+    assert criterion.weight_dict == weights  # forward never changes the weights
+    with pytest.raises(ValueError, match="no weight"):
+        criterion.total(losses)
+    deep = RTDETRCriterion(80, loss_class="vfl", num_dec_layers=4)
+    assert deep.weight_dict["loss_vfl_dn_3"] == 1 and torch.isfinite(deep.total(losses))
 
 
 def test_rejects_softmax_ce():
@@ -185,12 +190,14 @@ def test_rejects_softmax_ce():
 @pytest.mark.parametrize("preset", ["deim_shapes", "rtdetr_shapes"])
 def test_tiny_model_forward_backward(preset):
     torch.manual_seed(0)
-    model = build_rtdetr(preset).train()
+    model = build_model(preset).train()
     cfg = model.cfg
     g = torch.Generator().manual_seed(3)
     targets = make_targets([2, 5], cfg.num_classes, g)
     outputs = model(torch.rand(2, 3, 64, 64), targets)
-    criterion = build_rtdetr_criterion(cfg.num_classes, "mal" if preset.startswith("deim") else "vfl", cfg.dec_layers)
+    criterion = RTDETRCriterion(
+        cfg.num_classes, loss_class="mal" if preset.startswith("deim") else "vfl", num_dec_layers=cfg.dec_layers
+    )
     losses = criterion(outputs, targets)
     assert len(losses) == 3 * (1 + (cfg.dec_layers - 1) + 1 + cfg.dec_layers)
     total = criterion.total(losses)
@@ -215,7 +222,7 @@ def test_float64_outputs_keep_float64_losses(batch):
     """Only autocast's half precision is upcast: fp64 runs (e.g. checks against other implementations) stay
     fp64 end to end, matching included, and agree with the fp32 losses to fp32 rounding."""
     outputs, targets = batch
-    criterion = build_rtdetr_criterion(80, "mal")
+    criterion = RTDETRCriterion(80, loss_class="mal")
     wide = criterion(_to(outputs, torch.float64), _to(targets, torch.float64))
     narrow = criterion(outputs, targets)
     assert all(v.dtype == torch.float64 for v in wide.values())

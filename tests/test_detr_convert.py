@@ -17,7 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from minidetr.checkpoint import CheckpointError
 from minidetr.models import build_model, get_model_preset
-from minidetr.models.detr_convert import (
+from minidetr.models.detr.convert import (
     is_official_detr_state,
     load_official_detr_weights,
     minidetr_to_official,

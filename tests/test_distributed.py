@@ -11,25 +11,27 @@ import torch
 from torch import nn
 
 from minidetr import distributed as D
+from minidetr.models import build_model
 
 WORKER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
     import torch
-    from torch.utils.data import DistributedSampler
+    from torch.utils.data import DataLoader, DistributedSampler
     torch.set_num_threads(1)
+    from minidetr.data import set_epoch
     from minidetr import distributed as D
-    from minidetr.criterion_rtdetr import build_rtdetr_criterion
-    from minidetr.models.rtdetr import build_rtdetr
+    from minidetr.criterion_rtdetr import RTDETRCriterion
+    from minidetr.models import build_model
 
     out = Path(sys.argv[1])
     info = D.init_distributed("cpu")
     rank = info.rank
     torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
-    model = build_rtdetr("deim_shapes")
+    model = build_model("deim_shapes")
     ddp = D.wrap_model(model, torch.device("cpu"))
-    criterion = build_rtdetr_criterion(4, "mal", model.cfg.dec_layers)
+    criterion = RTDETRCriterion(4, loss_class="mal", num_dec_layers=model.cfg.dec_layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(100 + rank)  # each rank its own data
     losses_seen = []
@@ -50,10 +52,10 @@ WORKER = textwrap.dedent(
         optimizer.step()
         losses_seen.append(loss.item())
     sampler = DistributedSampler(list(range(10)), shuffle=True, seed=0)
-    loader = type("Loader", (), {"sampler": sampler})()
+    loader = DataLoader(list(range(10)), sampler=sampler)
     orders = []
     for epoch in (0, 1):
-        D.set_sampler_epoch(loader, epoch)
+        set_epoch(loader, epoch)
         orders.append(list(sampler))
     torch.save(
         {
@@ -93,9 +95,8 @@ def test_two_process_gloo_training_steps(tmp_path):
     for k in r0["params"]:
         torch.testing.assert_close(r1["state"][k], r0["state"][k], rtol=0, atol=0, msg=k)
     torch.manual_seed(0)
-    from minidetr.models.rtdetr import build_rtdetr
 
-    fresh = build_rtdetr("deim_shapes").state_dict()
+    fresh = build_model("deim_shapes").state_dict()
     assert not torch.equal(fresh["decoder.enc_score_head.weight"], r0["state"]["decoder.enc_score_head.weight"])
     assert r0["mean"].item() == 1.0 and r1["mean"].item() == 1.0
     assert r0["reduced"] == {"a": 0.5, "b": 1.0} == r1["reduced"]
@@ -128,16 +129,17 @@ NAN_WORKER = textwrap.dedent(
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from minidetr import distributed as D, engine
-    from minidetr.criterion_rtdetr import build_rtdetr_criterion
-    from minidetr.models.rtdetr import build_rtdetr
+    from minidetr import distributed as D
+    from minidetr.train import engine
+    from minidetr.criterion_rtdetr import RTDETRCriterion
+    from minidetr.models import build_model
 
     out = Path(sys.argv[1])
     rank = D.init_distributed("cpu").rank
     torch.manual_seed(0)
-    model = build_rtdetr("deim_shapes")
+    model = build_model("deim_shapes")
     ddp = D.wrap_model(model, torch.device("cpu"))
-    criterion = build_rtdetr_criterion(4, "mal", model.cfg.dec_layers)
+    criterion = RTDETRCriterion(4, loss_class="mal", num_dec_layers=model.cfg.dec_layers)
     real = criterion.forward
     calls = []
     def poisoned(outputs, targets):  # rank 1's second step: a NaN in one term
@@ -152,8 +154,7 @@ NAN_WORKER = textwrap.dedent(
     target = {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}
     batches = [(torch.rand(1, 3, 64, 64), [target])] * 3
     try:
-        engine.train_one_epoch(ddp, criterion, batches, optimizer, scheduler, "cpu", 0, progress=False,
-                               model_takes_targets=True)
+        engine.train_one_epoch(ddp, criterion, batches, optimizer, scheduler, "cpu", 0, progress=False)
         (out / f"rank{rank}.txt").write_text("no error")
     except engine.NonFiniteLossError as e:
         (out / f"rank{rank}.txt").write_text(f"{e.step} {e}")
@@ -178,10 +179,8 @@ def test_sync_batchnorm_conversion_keeps_checkpoints_and_frozen_statistics():
     checkpoints load either way; the backbone's frozen statistics (RT-DETRv2's FrozenBatchNorm2d) stay frozen."""
     from torchvision.ops import FrozenBatchNorm2d
 
-    from minidetr.models.rtdetr import build_rtdetr
-
     torch.manual_seed(0)
-    model = build_rtdetr("rtdetrv2_r50")
+    model = build_model("rtdetrv2_r50")
     keys = {k: v.shape for k, v in model.state_dict().items()}
     frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     trainable = sum(type(m) is nn.BatchNorm2d for m in model.modules())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from minidetr.ema import ModelEMA
+from minidetr.train.ema import ModelEMA
 
 
 def test_decay_after_2000_updates_is_the_spec_value():

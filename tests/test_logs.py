@@ -1,4 +1,4 @@
-"""minidetr.logs: the metrics.jsonl writer and reader."""
+"""minidetr.train.logs: the metrics.jsonl writer and reader (and the rank helpers it writes on)."""
 
 import json
 import math
@@ -6,15 +6,8 @@ import math
 import pytest
 import torch
 
-from minidetr.logs import (
-    MetricsLogger,
-    get_rank,
-    get_world_size,
-    is_main_process,
-    read_metrics,
-    series,
-    truncate_metrics,
-)
+from minidetr.distributed import get_rank, get_world_size, is_main_process
+from minidetr.train.logs import MetricsLogger, read_metrics, series, truncate_metrics
 
 
 def test_written_records_read_back(tmp_path):

@@ -10,11 +10,10 @@ import warnings
 import pytest
 import torch
 
-from minidetr import engine
-from minidetr.builders import mixed_precision
-from minidetr.config import ConfigError
-from minidetr.criterion_rtdetr import build_rtdetr_criterion
-from minidetr.models.rtdetr import build_rtdetr
+from minidetr.criterion_rtdetr import RTDETRCriterion
+from minidetr.models import build_model
+from minidetr.train import ConfigError, engine
+from minidetr.train.builders import mixed_precision
 
 
 def test_mixed_precision_choices(caplog):
@@ -38,8 +37,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 def _setup(seed=0, device="cpu"):
     torch.manual_seed(seed)
-    model = build_rtdetr("deim_shapes").to(device)
-    criterion = build_rtdetr_criterion(4, "mal", model.cfg.dec_layers).to(device)
+    model = build_model("deim_shapes").to(device)
+    criterion = RTDETRCriterion(4, loss_class="mal", num_dec_layers=model.cfg.dec_layers).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return model, criterion, optimizer, scheduler
@@ -53,9 +52,7 @@ def _batches(n):
 
 def _one_epoch(model, criterion, optimizer, scheduler, batches, device="cpu", **kw):
     torch.manual_seed(7)  # the same denoising noise in every run
-    return engine.train_one_epoch(
-        model, criterion, batches, optimizer, scheduler, device, 0, progress=False, model_takes_targets=True, **kw
-    )
+    return engine.train_one_epoch(model, criterion, batches, optimizer, scheduler, device, 0, progress=False, **kw)
 
 
 def test_loss_scaling_is_undone_before_clipping():

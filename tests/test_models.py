@@ -10,7 +10,7 @@ from torch import nn
 
 from minidetr.models import (
     MODEL_PRESETS,
-    ModelConfig,
+    DETRConfig,
     PositionEmbeddingSine,
     ResNetBackbone,
     build_model,
@@ -26,7 +26,7 @@ OFFICIAL_DETR_R50_PARAMS = 41_524_768
 OFFICIAL_DETR_R50_TRAINABLE = 41_302_368
 
 
-def tiny_cfg(**kw) -> ModelConfig:
+def tiny_cfg(**kw) -> DETRConfig:
     base = dict(
         backbone="tiny",
         pretrained_backbone=False,
@@ -41,7 +41,7 @@ def tiny_cfg(**kw) -> ModelConfig:
         dropout=0.0,
     )
     base.update(kw)
-    return ModelConfig(**base)
+    return DETRConfig(**base)
 
 
 def detr_reference_sine(h: int, w: int, num_pos_feats: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -185,9 +185,9 @@ def test_build_model_from_preset_names():
 
 def test_model_config_validation():
     with pytest.raises(ValueError, match="backbone"):
-        ModelConfig(backbone="vgg")
+        DETRConfig(backbone="vgg")
     with pytest.raises(ValueError, match="nheads"):
-        ModelConfig(hidden_dim=30, nheads=4)
+        DETRConfig(hidden_dim=30, nheads=4)
 
 
 def test_resnet18_backbone_channels_and_normalisation():
@@ -203,7 +203,7 @@ def test_local_backbone_weights_are_loaded(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18_local.pth"
     torch.save(reference.state_dict(), path)
-    cfg = ModelConfig(
+    cfg = DETRConfig(
         backbone="resnet18",
         pretrained_backbone=True,
         backbone_weights=str(path),
@@ -221,10 +221,10 @@ def test_local_backbone_weights_are_loaded(tmp_path):
     random_model = build_model(cfg, pretrained_backbone=False)
     assert not torch.equal(random_model.backbone.body[0].weight, reference.conv1.weight)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_model(ModelConfig(**{**cfg.__dict__, "backbone_weights": str(tmp_path / "missing.pth")}))
+        build_model(DETRConfig(**{**cfg.__dict__, "backbone_weights": str(tmp_path / "missing.pth")}))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(RuntimeError, match="do not fit"):
-        build_model(ModelConfig(**{**cfg.__dict__, "backbone_weights": str(tmp_path / "wrong.pth")}))
+        build_model(DETRConfig(**{**cfg.__dict__, "backbone_weights": str(tmp_path / "wrong.pth")}))
 
 
 def failing_download(*args, **kwargs):

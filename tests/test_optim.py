@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from minidetr.models.rtdetr import build_rtdetr
-from minidetr.optim import FlatCosine, StepDrop, WarmupMultiStep, rtdetr_param_groups
+from minidetr.models import build_model
+from minidetr.train.optim import FlatCosine, LRSchedule, WarmupMultiStep, rtdetr_param_groups
 
 SPE = 118287 // 16  # 7392 COCO iterations per epoch at batch 16, drop_last
 
@@ -20,7 +20,7 @@ def sizes(groups):
 
 def test_deim_r50_groups_match_the_official_regex_groups():
     with torch.device("meta"):
-        model = build_rtdetr("deim_r50")
+        model = build_model("deim_r50")
     groups = rtdetr_param_groups(model, 2e-4, 2e-5, 1e-4)
     assert sizes(groups) == {"backbone": 23_474_016, "norm": 85_504, "rest": 19_384_076}
     by_name = {g["name"]: g for g in groups}
@@ -33,7 +33,7 @@ def test_deim_r50_groups_match_the_official_regex_groups():
 
 def test_rtdetrv2_frozen_parameters_are_left_out():
     with torch.device("meta"):
-        model = build_rtdetr("rtdetrv2_r50")
+        model = build_model("rtdetrv2_r50")
     groups = rtdetr_param_groups(model, 1e-4, 1e-5, 1e-4)
     total = sum(sizes(groups).values())
     assert total == 42_862_860  # trainable count of the official RT-DETRv2-R50
@@ -84,9 +84,9 @@ def test_warmup_multistep_rtdetrv2():
 
 
 def test_detr_step_drop():
-    f = StepDrop(steps_per_epoch=100, drop_epoch=400, gamma=0.1)
+    f = LRSchedule("step", steps_per_epoch=100, epochs=500, drop_epoch=400, gamma=0.1)
     assert f(39_999) == 1.0 and f(40_000) == pytest.approx(0.1)
-    assert StepDrop(10, 5, warmup_iters=4)(1) == pytest.approx(0.5)
+    assert LRSchedule("step", 10, 10, warmup_steps=4, drop_epoch=5)(1) == pytest.approx(0.5)
 
 
 def test_flat_cosine_rejects_inconsistent_epochs():
@@ -96,8 +96,8 @@ def test_flat_cosine_rejects_inconsistent_epochs():
 
 
 def test_scale_epoch_schedule_stretches_points_and_tails():
-    from minidetr.config import get_preset
-    from minidetr.optim import scale_epoch_schedule
+    from minidetr.train import get_preset
+    from minidetr.train.optim import scale_epoch_schedule
 
     cfg = get_preset("deim_r50")  # 60 epochs: flat to 34, last 2 without strong augmentation (stop_epoch 58)
     changes = scale_epoch_schedule(cfg, 120)

@@ -7,17 +7,15 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 import minidetr.predict as predict_module
-from minidetr.config import get_preset
 from minidetr.data import CocoDetection, build_transforms
 from minidetr.data.coco_names import COCO_CLASS_NAMES, COCO_ID_NAMES
 from minidetr.data.shapes import CLASS_NAMES, generate
 from minidetr.evaluation import PostProcess
 from minidetr.models import build_model, get_model_preset
-from minidetr.models.detr_convert import minidetr_to_official as detr_minidetr_to_official
-from minidetr.models.rtdetr import build_rtdetr
+from minidetr.models.detr.convert import minidetr_to_official as detr_minidetr_to_official
 from minidetr.models.rtdetr.convert import minidetr_to_official
 from minidetr.predict import detr_eval_size, draw_detections, load_model, main, predict
-from minidetr.train import fit
+from minidetr.train import fit, get_preset
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +129,7 @@ def official(tmp_path_factory):
     """A fake released checkpoint: DEIM-R50 weights under the official names, in the official file layout."""
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    source = build_rtdetr("deim_r50").eval()
+    source = build_model("deim_r50").eval()
     state = minidetr_to_official(source.state_dict())
     path = tmp_path_factory.mktemp("official") / "deim_rtdetrv2_r50vd_60e_coco.pth"
     torch.save({"model": state, "ema": {"module": state, "updates": 1}, "date": "2025-01-01"}, path)
@@ -236,7 +234,7 @@ def test_detr_eval_size_keeps_the_aspect_ratio(h, w, short, cap, expected):
 class FixedBoxes(torch.nn.Module):
     """A stand-in DETR: always the same normalised boxes; records the input sizes it was given."""
 
-    use_focal = False
+    sigmoid_head = False
 
     def __init__(self, boxes):
         super().__init__()

@@ -171,7 +171,7 @@ def test_real_command_exit_status_and_stderr(tmp_path, data):
 
 # ------------------------------------------------------------------------------- numerical faults, crowded images
 def _tiny(epochs=2):
-    from minidetr.config import get_preset
+    from minidetr.train import get_preset
 
     cfg = get_preset("detr_tiny")  # 10 queries, 1+1 layers, 64 px
     cfg.epochs, cfg.batch_size = epochs, 2
@@ -187,7 +187,7 @@ class _Paths:
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_the_checkpoint(tmp_path, data, monkeypatch, capsys):
     import torch
 
-    import minidetr.train as train_module
+    import minidetr.train.run as train_module
     from minidetr.checkpoint import load_checkpoint
 
     build = train_module.build_criterion
@@ -220,8 +220,8 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_the_checkpoint(tmp_p
 
 
 def test_images_with_more_targets_than_queries_train_and_are_counted(tmp_path, data):
-    from minidetr.logs import read_metrics
     from minidetr.train import fit
+    from minidetr.train.logs import read_metrics
 
     for im in data["images"][:2]:  # 12 boxes on each of two images, the tiny model has 10 queries
         for k in range(12):

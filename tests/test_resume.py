@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from minidetr.checkpoint import CheckpointError, load_checkpoint, load_state_dicts, save_checkpoint, state_dicts
-from minidetr.logs import read_metrics
+from minidetr.train.logs import read_metrics
 
 STEPS_PER_EPOCH = 4  # detr_tiny: 16 train images, batch 4
 KILL_AT_STEP = STEPS_PER_EPOCH + 2  # the 3rd step of the 2nd epoch, after the first checkpoint
@@ -29,7 +29,7 @@ ARGS = ["--preset", "detr_tiny", "--epochs", "2", "--no-progress", "--device", "
 
 _KILLER = f"""
 import os, signal, sys
-import minidetr.engine as engine
+import minidetr.train.engine as engine
 calls = 0
 move = engine.move_targets
 def move_then_die(*args, **kwargs):
@@ -138,7 +138,7 @@ class _Counter:
 
 
 def test_registered_state_is_saved_and_restored(tmp_path):
-    from minidetr.ema import ModelEMA
+    from minidetr.train.ema import ModelEMA
 
     model = torch.nn.Linear(2, 2)
     ema = ModelEMA(model, decay=0.9, warmups=10)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from minidetr.checkpoint import CheckpointError
-from minidetr.models.rtdetr import RTDETR_MODEL_PRESETS, build_rtdetr
+from minidetr.models import build_model, get_model_preset
+from minidetr.models.rtdetr import build_rtdetr
 from minidetr.models.rtdetr.convert import (
     load_official_weights,
     minidetr_to_official,
@@ -36,7 +37,7 @@ def official_meta(name):
 
 
 def meta_model(name, **changes):
-    cfg = RTDETR_MODEL_PRESETS[name]()
+    cfg = get_model_preset(name)
     for k, v in changes.items():
         setattr(cfg, k, v)
     with torch.device("meta"):  # full-size architecture, no memory, no init time
@@ -64,7 +65,7 @@ def test_minidetr_to_official_gives_the_official_keys_and_round_trips(name):
 
 
 def test_recomputed_buffers_have_the_official_values():
-    model = build_rtdetr("deim_shapes")  # 2 points per level; cheap
+    model = build_model("deim_shapes")  # 2 points per level; cheap
     official = minidetr_to_official(model.state_dict(), num_points=model.cfg.num_points)
     scale = official["decoder.decoder.layers.1.cross_attn.num_points_scale"]
     torch.testing.assert_close(scale, torch.full((6,), 0.5))  # 1 / n per point, n = 2 on each of 3 levels
@@ -94,7 +95,7 @@ def test_fake_official_checkpoint_loads_and_gives_identical_outputs(tmp_path):
     """minidetr weights, renamed to the official names and saved in the official layout, come back exactly."""
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    source = build_rtdetr("deim_r50").eval()
+    source = build_model("deim_r50").eval()
     with torch.no_grad():  # non-default BN statistics, so they must travel too
         for m in source.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -106,7 +107,7 @@ def test_fake_official_checkpoint_loads_and_gives_identical_outputs(tmp_path):
     del decoy
 
     torch.manual_seed(1)
-    target = build_rtdetr("deim_r50").eval()
+    target = build_model("deim_r50").eval()
     x = torch.rand(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = source(x)

@@ -6,6 +6,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from minidetr.criterion_rtdetr import dn_matched_indices
+from minidetr.models import build_model
 from minidetr.models.rtdetr import (
     AIFI,
     CSPRepLayer,
@@ -15,7 +17,6 @@ from minidetr.models.rtdetr import (
     build_denoising_queries,
     build_rtdetr,
     denoising_attention_mask,
-    dn_matched_indices,
     generate_anchors,
     inverse_sigmoid,
     sincos_position_embedding_2d,
@@ -30,7 +31,7 @@ def count(module, trainable_only=False):
 @pytest.fixture(scope="module")
 def deim_meta():
     with torch.device("meta"):  # no memory, no init cost: counts only
-        return build_rtdetr("deim_r50")
+        return build_model("deim_r50")
 
 
 def test_deim_r50_parameter_counts_match_official(deim_meta):
@@ -62,7 +63,7 @@ def test_building_blocks_parameter_counts():
 
 def test_rtdetrv2_r50_parameter_counts_match_official():
     with torch.device("meta"):
-        m = build_rtdetr("rtdetrv2_r50")
+        m = build_model("rtdetrv2_r50")
     assert count(m) == 42_891_372  # FrozenBatchNorm2d affine terms are buffers
     assert count(m, trainable_only=True) == 42_862_860  # the stem is frozen too
     assert count(m.decoder.query_pos_head) == 133_888
@@ -72,7 +73,7 @@ def test_rtdetrv2_r50_parameter_counts_match_official():
 
 def test_flops_at_640_match_official():
     torch.manual_seed(0)
-    model = build_rtdetr("deim_r50").eval()
+    model = build_model("deim_r50").eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         out = model(torch.rand(1, 3, 640, 640))
@@ -82,7 +83,7 @@ def test_flops_at_640_match_official():
 
 
 def test_full_model_eval_outputs_at_320():
-    model = build_rtdetr("rtdetrv2_r50").eval()
+    model = build_model("rtdetrv2_r50").eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 320, 320))
     assert out["pred_logits"].shape == (1, 300, 80) and out["pred_boxes"].shape == (1, 300, 4)
@@ -175,7 +176,7 @@ def _targets():
 @pytest.mark.parametrize("preset", ["rtdetr_shapes", "deim_shapes"])
 def test_tiny_training_forward_backward(preset):
     torch.manual_seed(0)
-    model = build_rtdetr(preset).train()
+    model = build_model(preset).train()
     q, k = model.num_queries, model.num_classes
     out = model(torch.rand(2, 3, 128, 128), _targets())
     assert out["pred_logits"].shape == (2, q, k) and out["pred_boxes"].shape == (2, q, 4)
@@ -200,7 +201,7 @@ def test_tiny_training_forward_backward(preset):
 
 def test_look_forward_twice_and_detached_proposals():
     torch.manual_seed(0)
-    model = build_rtdetr("deim_shapes").train()  # 2 decoder layers
+    model = build_model("deim_shapes").train()  # 2 decoder layers
     model(torch.rand(1, 3, 64, 64))["pred_boxes"].sum().backward()
     dec = model.decoder
     # The last layer's box refines layer 0's box without detaching it, so layer 0's box head gets a gradient ...
@@ -211,7 +212,7 @@ def test_look_forward_twice_and_detached_proposals():
 
 def test_matching_queries_do_not_see_denoising_queries():
     torch.manual_seed(0)
-    model = build_rtdetr("deim_shapes").train()
+    model = build_model("deim_shapes").train()
     images = torch.rand(2, 3, 64, 64)
     with_dn, without = model(images, _targets()), model(images)
     assert "dn_meta" in with_dn and "dn_meta" not in without
@@ -267,7 +268,7 @@ def test_label_noise_rate_and_empty_targets():
     changed = (content[0, :5000] != embed(labels)).any(-1).float().mean()
     assert abs(changed - 0.25 * 79 / 80) < 0.02  # a quarter is redrawn, 1/80 of those land on class 0 again
     assert build_denoising_queries([{"labels": labels[:0], "boxes": torch.zeros(0, 4)}], 80, 300, embed) is None
-    model = build_rtdetr("rtdetr_shapes").train()
+    model = build_model("rtdetr_shapes").train()
     out = model(torch.rand(1, 3, 64, 64), [{"labels": labels[:0], "boxes": torch.zeros(0, 4)}])
     assert "dn_meta" not in out
 
@@ -285,4 +286,4 @@ def test_config_errors():
     with pytest.raises(ValueError, match="num_points"):
         RTDETRConfig(num_points=(4, 4))
     with pytest.raises(ValueError, match="multiple of 32"):
-        build_rtdetr("rtdetr_shapes").eval()(torch.rand(1, 3, 100, 100))
+        build_model("rtdetr_shapes").eval()(torch.rand(1, 3, 100, 100))

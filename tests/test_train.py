@@ -1,4 +1,4 @@
-"""minidetr.train and minidetr.engine: a real fit() end to end on a tiny generated dataset, exact resume,
+"""minidetr.train (fit, engine, optim): a real fit() end to end on a tiny generated dataset, exact resume,
 the optimiser and lr schedule, and the command line's errors."""
 
 import json
@@ -8,12 +8,21 @@ import sys
 import pytest
 import torch
 
-from minidetr import engine
 from minidetr.checkpoint import load_checkpoint
-from minidetr.config import ConfigError, apply_overrides, config_from_dict, get_preset
 from minidetr.data.shapes import CATEGORY_IDS, generate
-from minidetr.logs import read_metrics
-from minidetr.train import build_criterion, fit, main, resolve_device
+from minidetr.train import (
+    ConfigError,
+    apply_overrides,
+    build_criterion,
+    config_from_dict,
+    engine,
+    fit,
+    get_preset,
+    main,
+    optim,
+    resolve_device,
+)
+from minidetr.train.logs import read_metrics
 
 EPOCHS = 2
 
@@ -119,7 +128,7 @@ def test_resume_can_extend_the_schedule(shapes, tmp_path):
     fit(tiny_cfg(epochs=1, lr_schedule="cosine"), tmp_path, data=shapes, progress=False)
     fit(tiny_cfg(epochs=3, lr_schedule="cosine"), tmp_path, data=shapes, resume=tmp_path / "checkpoint.pth",
         progress=False)  # fmt: skip
-    schedule = engine.LRSchedule("cosine", steps_per_epoch=2, epochs=3)
+    schedule = optim.LRSchedule("cosine", steps_per_epoch=2, epochs=3)
     resumed = [(r["step"], r["lr"]) for r in read_metrics(tmp_path, kind="train") if r["epoch"] > 0]
     assert [s for s, _ in resumed] == [3, 4, 5, 6]  # the first epoch ran on the 1-epoch schedule
     assert [lr for _, lr in resumed] == pytest.approx([2e-4 * schedule(s) for s, _ in resumed])
@@ -143,7 +152,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss(shapes):
     batch = collate_fn([dataset[i] for i in range(4)])
     model, criterion = build_model(cfg.model), build_criterion(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.LRSchedule("step", 1, 41))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, optim.LRSchedule("step", 1, 41))
     kw = {"clip_max_norm": 1.0, "progress": False}
     _, first = engine.train_one_epoch(model, criterion, [batch], optimizer, scheduler, "cpu", 0, **kw)
     step, _ = engine.train_one_epoch(model, criterion, [batch] * 40, optimizer, scheduler, "cpu", 1, step=1, **kw)
@@ -154,25 +163,25 @@ def test_a_few_steps_on_one_batch_lower_the_loss(shapes):
 
 
 def test_lr_schedule_warmup_step_and_cosine():
-    step = engine.LRSchedule("step", steps_per_epoch=10, epochs=5, warmup_steps=4, drop_epoch=3, gamma=0.1)
+    step = optim.LRSchedule("step", steps_per_epoch=10, epochs=5, warmup_steps=4, drop_epoch=3, gamma=0.1)
     assert [step(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert step(29) == 1.0 and step(30) == pytest.approx(0.1)  # the drop happens at the start of epoch 3
-    cos = engine.LRSchedule("cosine", steps_per_epoch=10, epochs=5, min_factor=0.01)
+    cos = optim.LRSchedule("cosine", steps_per_epoch=10, epochs=5, min_factor=0.01)
     assert cos(0) == pytest.approx(1.0) and cos(25) == pytest.approx(0.505) and cos(50) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="linear"):
-        engine.LRSchedule("linear", 1, 1)
+        optim.LRSchedule("linear", 1, 1)
 
 
 def test_param_groups_backbone_lr_and_freezing():
     from minidetr.models import build_model
 
     model = build_model(tiny_cfg().model)
-    groups = engine.param_groups(model, lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4)
+    groups = optim.param_groups(model, lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4)
     assert [g["lr"] for g in groups] == [1e-4, 1e-5]
     n_backbone = sum(p.numel() for p in model.backbone.parameters())
     assert sum(p.numel() for p in groups[1]["params"]) == n_backbone
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
-    frozen = engine.param_groups(model, lr=1e-4, lr_backbone=0.0, weight_decay=1e-4)
+    frozen = optim.param_groups(model, lr=1e-4, lr_backbone=0.0, weight_decay=1e-4)
     assert len(frozen) == 1 and not any(p.requires_grad for p in model.backbone.parameters())
 
 
@@ -256,7 +265,7 @@ def test_missing_fast_eval_backend_is_reported_before_training(monkeypatch, tmp_
 
 
 def test_cli_epochs_scale_the_presets_schedule(capsys):
-    from minidetr.train_cli import build_parser, config_from_args
+    from minidetr.train.cli import build_parser, config_from_args
 
     parser = build_parser()
     cfg = config_from_args(parser.parse_args(["--epochs", "3"]), parser)  # deim_shapes: 12 epochs, flat to 6

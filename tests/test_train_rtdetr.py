@@ -9,9 +9,8 @@ import sys
 import pytest
 import torch
 
-from minidetr.config import apply_overrides, config_from_dict, config_to_dict, get_preset
 from minidetr.models.rtdetr import RTDETRConfig
-from minidetr.train import main
+from minidetr.train import apply_overrides, config_from_dict, config_to_dict, get_preset, main, resolve_loss
 
 TINY = [
     "epochs=1",
@@ -62,7 +61,9 @@ def test_full_size_presets_are_the_official_recipes():
         2000,
     )
     assert deim.ema and (deim.ema_decay, deim.ema_warmups) == (0.9999, 2000) and deim.amp != "none"
-    assert (deim.set_cost_class, deim.set_cost_bbox, deim.set_cost_giou) == (2.0, 5.0, 2.0)
+    r = resolve_loss(deim)  # the MAL recipe: costs 2 / 5 / 2, weights 1 / 5 / 2, gamma 1.5, no alpha
+    assert (r.set_cost_class, r.set_cost_bbox, r.set_cost_giou) == (2.0, 5.0, 2.0)
+    assert (r.class_loss_coef, r.bbox_loss_coef, r.giou_loss_coef, r.loss_gamma, r.loss_alpha) == (1, 5, 2, 1.5, None)
     assert deim.data.image_size == 640 and deim.data.mosaic_prob == 0 and deim.data.mixup_prob == 0
     scales = [480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]  # base 640 repeated 3 times
     assert deim.data.multiscale_sizes == scales and deim.data.stop_epoch == 58

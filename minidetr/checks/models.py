@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..criterion import box_losses
-from ..models.position_encoding import sine_position_encoding
+from ..models.detr import sine_position_encoding
 from ._common import call_learner, expect_tensor, passed
 
 __all__ = ["check_sine_position_encoding", "check_box_losses"]

@@ -7,11 +7,11 @@ from .convert import (
     read_official_checkpoint,
     unwrap_official_checkpoint,
 )
-from .decoder import MLP, DecoderLayer, RTDETRDecoder, generate_anchors
+from .decoder import DecoderLayer, RTDETRDecoder, generate_anchors
 from .deformable import MSDeformableAttention, deformable_attention_core, sample_level
-from .denoising import build_denoising_queries, denoising_attention_mask, dn_matched_indices, inverse_sigmoid
+from .denoising import build_denoising_queries, denoising_attention_mask, inverse_sigmoid
 from .hybrid_encoder import AIFI, CSPRepLayer, HybridEncoder, RepVggBlock, sincos_position_embedding_2d
-from .model import RTDETR, RTDETR_MODEL_PRESETS, RTDETRConfig, build_rtdetr
+from .model import RTDETR, RTDETRConfig, build_rtdetr, deim_r50, deim_shapes, rtdetr_shapes, rtdetrv2_r50
 from .presnet import PResNet, TorchvisionResNet, freeze_batch_norm
 
 __all__ = [
@@ -19,20 +19,21 @@ __all__ = [
     "CSPRepLayer",
     "DecoderLayer",
     "HybridEncoder",
-    "MLP",
     "MSDeformableAttention",
     "PResNet",
     "RTDETR",
     "RTDETRConfig",
     "RTDETRDecoder",
-    "RTDETR_MODEL_PRESETS",
+    "deim_r50",
+    "deim_shapes",
+    "rtdetr_shapes",
+    "rtdetrv2_r50",
     "RepVggBlock",
     "TorchvisionResNet",
     "build_denoising_queries",
     "build_rtdetr",
     "deformable_attention_core",
     "denoising_attention_mask",
-    "dn_matched_indices",
     "freeze_batch_norm",
     "generate_anchors",
     "inverse_sigmoid",

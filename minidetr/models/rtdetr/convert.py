@@ -17,7 +17,7 @@ layer's ``cross_attn.num_points_scale [P]`` (1 / points of the level, minidetr's
 An official ``.pth`` holds ``{"model": state_dict, "ema": {"module": state_dict, "updates": n}, ...}``; the
 released weights are the EMA ones. Typical use::
 
-    model = build_rtdetr("deim_r50")
+    model = minidetr.build_model("deim_r50")
     load_official_weights(model, "deim_rtdetrv2_r50vd_60e_coco.pth")   # labels 0..79: coco_names.py
 """
 
@@ -40,7 +40,7 @@ from ..official import (
     unwrap_official_checkpoint,
 )
 from .decoder import generate_anchors
-from .model import RTDETR_MODEL_PRESETS, build_rtdetr
+from .model import FAMILY_PRESETS, build_rtdetr
 
 __all__ = [
     "official_to_minidetr",
@@ -150,12 +150,13 @@ def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> 
         return (
             f"What to do: the checkpoint predicts {got[head][0]} classes and the model {want[head][0]} (e.g. "
             f"Objects365 pre-training weights, or a fine-tuned model): build the model with "
-            f"num_classes={got[head][0]} (cfg = RTDETR_MODEL_PRESETS[name](); cfg.num_classes = {got[head][0]})."
+            f"num_classes={got[head][0]} (cfg = minidetr.models.get_model_preset(name); "
+            f"cfg.num_classes = {got[head][0]})."
         )
     matches = _matching_presets(got)
     if matches:
         name = matches[0]
-        return f"What to do: the checkpoint fits the preset {name!r}: build_rtdetr({name!r}) / --preset {name}."
+        return f"What to do: the checkpoint fits the preset {name!r}: minidetr.build_model({name!r}) / --preset {name}."
     return (
         "What to do: build the model the checkpoint was trained as: deim_r50 for the DEIM-RT-DETRv2-R50 "
         "weights, rtdetrv2_r50 for the RT-DETRv2-R50 ones. Other depths (R18/R34/R101) have no minidetr "
@@ -166,7 +167,8 @@ def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> 
 def _matching_presets(got: dict[str, tuple[int, ...]]) -> list[str]:
     """Names of the model presets whose keys and shapes equal ``got`` (built on the meta device: no memory)."""
     names = []
-    for name, make in RTDETR_MODEL_PRESETS.items():
+    for make in FAMILY_PRESETS:
+        name = make.__name__
         cfg = make()
         head = got.get("decoder.enc_score_head.weight")
         if head:

@@ -17,27 +17,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..layers import ACTIVATIONS, MLP
 from .deformable import MSDeformableAttention
 from .denoising import inverse_sigmoid
 
-__all__ = ["MLP", "generate_anchors", "DecoderLayer", "RTDETRDecoder"]
-
-ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with an activation between them."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, act: str = "relu"):
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
-        self.act = ACTIVATIONS[act]()
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else self.act(layer(x))
-        return x
+__all__ = ["generate_anchors", "DecoderLayer", "RTDETRDecoder"]
 
 
 def generate_anchors(

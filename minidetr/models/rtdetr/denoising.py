@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
-__all__ = ["inverse_sigmoid", "denoising_attention_mask", "build_denoising_queries", "dn_matched_indices"]
+__all__ = ["inverse_sigmoid", "denoising_attention_mask", "build_denoising_queries"]
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -96,19 +96,3 @@ def build_denoising_queries(
     num_dn = groups * 2 * max_gt
     meta = {"dn_positive_idx": list(positive_idx), "dn_num_group": groups, "dn_num_split": [num_dn, num_queries]}
     return content, inverse_sigmoid(boxes), mask, meta
-
-
-def dn_matched_indices(dn_meta: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
-    """The fixed (query_idx, target_idx) pairs of the DN outputs: positive copy j of group g answers GT j.
-
-    Same format as a matcher's output, so the box and class losses apply unchanged (the official code
-    normalises the DN losses by ``num_boxes * dn_num_group``).
-    """
-    out = []
-    for positives, t in zip(dn_meta["dn_positive_idx"], targets, strict=True):
-        n = len(t["labels"])
-        gt = torch.arange(n, device=positives.device).repeat(dn_meta["dn_num_group"])
-        if len(gt) != len(positives):
-            raise ValueError(f"dn_meta has {len(positives)} positives for an image with {n} targets: stale dn_meta?")
-        out.append((positives.long(), gt.long()))
-    return out

@@ -14,20 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import ConvNormLayer
+
 __all__ = ["sincos_position_embedding_2d", "AIFI", "RepVggBlock", "CSPRepLayer", "HybridEncoder"]
-
-
-class ConvNormLayer(nn.Module):
-    """Conv (no bias) -> BatchNorm -> SiLU (or no activation)."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, act: bool = True):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2, bias=False)
-        self.norm = nn.BatchNorm2d(c_out)
-        self.act = nn.SiLU() if act else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.norm(self.conv(x)))
 
 
 def sincos_position_embedding_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -73,8 +62,8 @@ class RepVggBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
-        self.conv1 = ConvNormLayer(c_in, c_out, 3, act=False)
-        self.conv2 = ConvNormLayer(c_in, c_out, 1, act=False)
+        self.conv1 = ConvNormLayer(c_in, c_out, 3, act=None)
+        self.conv2 = ConvNormLayer(c_in, c_out, 1, act=None)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.silu(self.conv1(x) + self.conv2(x))
@@ -86,10 +75,10 @@ class CSPRepLayer(nn.Module):
     def __init__(self, c_in: int, c_out: int, num_blocks: int = 3, expansion: float = 1.0):
         super().__init__()
         hidden = int(c_out * expansion)
-        self.conv1 = ConvNormLayer(c_in, hidden, 1)
-        self.conv2 = ConvNormLayer(c_in, hidden, 1)
+        self.conv1 = ConvNormLayer(c_in, hidden, 1, act="silu")
+        self.conv2 = ConvNormLayer(c_in, hidden, 1, act="silu")
         self.bottlenecks = nn.Sequential(*[RepVggBlock(hidden, hidden) for _ in range(num_blocks)])
-        self.conv3 = ConvNormLayer(hidden, c_out, 1) if hidden != c_out else nn.Identity()
+        self.conv3 = ConvNormLayer(hidden, c_out, 1, act="silu") if hidden != c_out else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
@@ -117,10 +106,10 @@ class HybridEncoder(nn.Module):
         )
         self.encoder = nn.ModuleList(AIFI(dim, num_heads, ffn_dim, dropout) for _ in range(num_encoder_layers))
         # Top-down (FPN): lateral 1x1 on the coarser map, upsample, concat with the finer map, fuse.
-        self.lateral_convs = nn.ModuleList(ConvNormLayer(dim, dim, 1) for _ in range(levels - 1))
+        self.lateral_convs = nn.ModuleList(ConvNormLayer(dim, dim, 1, act="silu") for _ in range(levels - 1))
         self.fpn_blocks = nn.ModuleList(CSPRepLayer(2 * dim, dim, num_blocks, expansion) for _ in range(levels - 1))
         # Bottom-up (PAN): stride-2 3x3 conv on the finer output, concat with the coarser top-down map, fuse.
-        self.downsample_convs = nn.ModuleList(ConvNormLayer(dim, dim, 3, 2) for _ in range(levels - 1))
+        self.downsample_convs = nn.ModuleList(ConvNormLayer(dim, dim, 3, 2, act="silu") for _ in range(levels - 1))
         self.pan_blocks = nn.ModuleList(CSPRepLayer(2 * dim, dim, num_blocks, expansion) for _ in range(levels - 1))
         self._pos_cache: dict[tuple, Tensor] = {}
 

@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -22,7 +22,7 @@ from .denoising import build_denoising_queries
 from .hybrid_encoder import HybridEncoder
 from .presnet import PResNet, TorchvisionResNet
 
-__all__ = ["RTDETRConfig", "RTDETR", "build_rtdetr", "RTDETR_MODEL_PRESETS"]
+__all__ = ["RTDETRConfig", "RTDETR", "build_rtdetr", "deim_r50", "rtdetrv2_r50", "rtdetr_shapes", "deim_shapes"]
 
 BACKBONES = ("presnet18", "presnet34", "presnet50", "presnet101", "resnet18", "resnet34", "resnet50")
 
@@ -58,6 +58,9 @@ class RTDETRConfig:
     dn_flip_negative: bool = True  # DEIM: abs() of DN box values (RT-DETRv2: False)
     dropout: float = 0.0
 
+    family: ClassVar[str] = "rtdetr"  # minidetr.models.build dispatches on this (not a field: never saved)
+    sigmoid_head: ClassVar[bool] = True  # K sigmoid logits, no no-object logit (focal / VFL / MAL)
+
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"RTDETRConfig.backbone={self.backbone!r}; choose one of {BACKBONES}")
@@ -70,6 +73,8 @@ class RTDETRConfig:
 
 class RTDETR(nn.Module):
     """The detector; see the module docstring for the output contract."""
+
+    sigmoid_head = True  # K sigmoid logits (post-processing reads it; DETR's says which head it has)
 
     def __init__(self, backbone: nn.Module, encoder: HybridEncoder, decoder: RTDETRDecoder, cfg: RTDETRConfig):
         super().__init__()
@@ -114,15 +119,11 @@ def _build_backbone(cfg: RTDETRConfig, pretrained: bool) -> nn.Module:
     return TorchvisionResNet(cfg.backbone, cfg.freeze_at, cfg.freeze_norm, weights)
 
 
-def build_rtdetr(cfg: RTDETRConfig | str, pretrained_backbone: bool | None = None) -> RTDETR:
-    """An RT-DETR from a config or a name in ``RTDETR_MODEL_PRESETS``.
+def build_rtdetr(cfg: RTDETRConfig, pretrained_backbone: bool | None = None) -> RTDETR:
+    """An RT-DETR from its config (``minidetr.build_model`` takes a config of either family, or a preset name).
 
     ``pretrained_backbone`` overrides ``cfg.pretrained_backbone`` when given.
     """
-    if isinstance(cfg, str):
-        if cfg not in RTDETR_MODEL_PRESETS:
-            raise KeyError(f"unknown RT-DETR preset {cfg!r}; known: {sorted(RTDETR_MODEL_PRESETS)}")
-        cfg = RTDETR_MODEL_PRESETS[cfg]()
     pretrained = cfg.pretrained_backbone if pretrained_backbone is None else pretrained_backbone
     backbone = _build_backbone(cfg, pretrained)
     encoder = HybridEncoder(
@@ -181,9 +182,15 @@ def _shapes(name: str) -> RTDETRConfig:
     )  # fmt: skip
 
 
-RTDETR_MODEL_PRESETS: dict[str, Callable[[], RTDETRConfig]] = {
-    "rtdetrv2_r50": rtdetrv2_r50,
-    "deim_r50": deim_r50,
-    "rtdetr_shapes": lambda: _shapes("rtdetrv2"),
-    "deim_shapes": lambda: _shapes("deim"),
-}
+def rtdetr_shapes() -> RTDETRConfig:
+    """RT-DETRv2 at CPU size (about 1M parameters): the baseline of the course's tiny comparisons."""
+    return _shapes("rtdetrv2")
+
+
+def deim_shapes() -> RTDETRConfig:
+    """DEIM-RT-DETRv2 at CPU size: ``rtdetr_shapes`` with DEIM's SiLU MLPs, query-position head and DN flip."""
+    return _shapes("deim")
+
+
+# The family's model presets, for checkpoint conversion (minidetr.models.MODEL_PRESETS lists every family's).
+FAMILY_PRESETS = (rtdetrv2_r50, deim_r50, rtdetr_shapes, deim_shapes)

@@ -25,23 +25,11 @@ from torchvision import models
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..backbone import IMAGENET_MEAN, IMAGENET_STD, load_imagenet_state_dict
+from ..layers import ConvNormLayer
 
 __all__ = ["PResNet", "TorchvisionResNet", "freeze_batch_norm", "load_backbone_state"]
 
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-
-
-class ConvNormLayer(nn.Module):
-    """Conv (no bias) -> BatchNorm -> optional activation; ``padding`` keeps the size at stride 1."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, act: type[nn.Module] | None = None):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2, bias=False)
-        self.norm = nn.BatchNorm2d(c_out)
-        self.act = act() if act is not None else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.norm(self.conv(x)))
 
 
 def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
@@ -60,7 +48,7 @@ class BasicBlock(nn.Module):
 
     def __init__(self, c_in: int, width: int, stride: int, project: bool):
         super().__init__()
-        self.branch2a = ConvNormLayer(c_in, width, 3, stride, nn.ReLU)
+        self.branch2a = ConvNormLayer(c_in, width, 3, stride, act="relu")
         self.branch2b = ConvNormLayer(width, width, 3, 1)
         self.short = _shortcut(c_in, width, stride) if project else nn.Identity()
 
@@ -75,8 +63,8 @@ class BottleNeck(nn.Module):
 
     def __init__(self, c_in: int, width: int, stride: int, project: bool):
         super().__init__()
-        self.branch2a = ConvNormLayer(c_in, width, 1, 1, nn.ReLU)
-        self.branch2b = ConvNormLayer(width, width, 3, stride, nn.ReLU)
+        self.branch2a = ConvNormLayer(c_in, width, 1, 1, act="relu")
+        self.branch2b = ConvNormLayer(width, width, 3, stride, act="relu")
         self.branch2c = ConvNormLayer(width, width * 4, 1, 1)
         self.short = _shortcut(c_in, width * 4, stride) if project else nn.Identity()
 
@@ -149,7 +137,7 @@ class PResNet(nn.Module):
             raise ValueError(f"PResNet depth={depth}; choose one of {sorted(DEPTHS)}")
         stem = [(3, width // 2, 2), (width // 2, width // 2, 1), (width // 2, width, 1)]
         self.conv1 = nn.Sequential(
-            OrderedDict((f"conv1_{i + 1}", ConvNormLayer(a, b, 3, s, nn.ReLU)) for i, (a, b, s) in enumerate(stem))
+            OrderedDict((f"conv1_{i + 1}", ConvNormLayer(a, b, 3, s, act="relu")) for i, (a, b, s) in enumerate(stem))
         )
         block = BottleNeck if depth >= 50 else BasicBlock
         widths = [width, 2 * width, 4 * width, 8 * width]

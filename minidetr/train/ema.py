@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import unwrap_model
+from ..checkpoint import unwrap_model
 
 __all__ = ["ModelEMA"]
 

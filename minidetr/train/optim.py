@@ -1,6 +1,8 @@
-"""Optimiser parameter groups and learning-rate schedules of the DETR family, in epochs with iteration resolution.
+"""The optimiser and the learning rate: AdamW's parameter groups and every lr schedule, in epochs with
+iteration resolution. ``build_optimizer`` and ``build_lr_schedule`` turn a ``TrainConfig`` into them.
 
-Groups (RT-DETRv2 / DEIM, ``rtdetr_param_groups``): (1) backbone weights that are not normalisation
+Groups (DETR, ``param_groups``): the backbone at ``lr_backbone``, the rest at ``lr``. Groups (RT-DETRv2 / DEIM,
+``rtdetr_param_groups``): (1) backbone weights that are not normalisation
 parameters at ``lr_backbone``; (2) every normalisation layer's affine parameters (BatchNorm, LayerNorm,
 GroupNorm; the backbone's too) with no weight decay, at the base lr; (3) the rest at the base lr with weight
 decay. The official configs select these with name regexes (``backbone`` and not ``norm``; ``norm|bn``);
@@ -20,6 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -27,10 +30,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NORM_TYPES",
+    "param_groups",
     "rtdetr_param_groups",
-    "StepDrop",
+    "LRSchedule",
     "WarmupMultiStep",
     "FlatCosine",
+    "build_optimizer",
+    "build_lr_schedule",
     "scale_epoch_schedule",
 ]
 
@@ -39,6 +45,27 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 def _is_frozen_bn(module: nn.Module) -> bool:
     return type(module).__name__ == "FrozenBatchNorm2d"  # buffers only, nothing to optimise
+
+
+def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> list[dict]:
+    """DETR's two AdamW groups: the backbone at ``lr_backbone``, everything else at ``lr``.
+
+    ``lr_backbone == 0`` freezes the backbone (``requires_grad=False``), as DETR does, instead of
+    carrying an optimiser state that never moves it.
+    """
+    backbone, rest = [], []
+    for name, p in model.named_parameters():
+        if name.startswith("backbone.") or ".backbone." in name:
+            if lr_backbone == 0:
+                p.requires_grad_(False)
+                continue
+            backbone.append(p)
+        elif p.requires_grad:
+            rest.append(p)
+    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "transformer_heads"}]
+    if backbone:
+        groups.append({"params": backbone, "lr": lr_backbone, "weight_decay": weight_decay, "name": "backbone"})
+    return groups
 
 
 def rtdetr_param_groups(
@@ -73,16 +100,35 @@ def rtdetr_param_groups(
     return [g for g in groups if g["params"]]
 
 
-class StepDrop:
-    """DETR: factor 1, times ``gamma`` from epoch ``drop_epoch`` on; optional linear warm-up over ``warmup_iters``."""
+class LRSchedule:
+    """Per-step lr factor for ``torch.optim.lr_scheduler.LambdaLR``: linear warmup, then step or cosine.
 
-    def __init__(self, steps_per_epoch: int, drop_epoch: int, gamma: float = 0.1, warmup_iters: int = 0):
-        self.steps_per_epoch, self.drop_epoch, self.gamma = max(1, steps_per_epoch), drop_epoch, gamma
-        self.warmup_iters = warmup_iters
+    ``"step"`` (DETR): factor 1, times ``gamma`` from epoch ``drop_epoch`` on. ``"cosine"``: from 1 down to
+    ``min_factor`` over the whole run. A callable object rather than a lambda so that the scheduler's
+    ``state_dict`` (which stores it) pickles into checkpoints.
+    """
 
-    def __call__(self, it: int) -> float:
-        warm = min(1.0, (it + 1) / self.warmup_iters) if self.warmup_iters else 1.0
-        return warm * (self.gamma if it >= self.drop_epoch * self.steps_per_epoch else 1.0)
+    def __init__(
+        self,
+        kind: str,
+        steps_per_epoch: int,
+        epochs: int,
+        warmup_steps: int = 0,
+        drop_epoch: int = 0,
+        gamma: float = 0.1,
+        min_factor: float = 0.01,
+    ):
+        if kind not in ("step", "cosine"):
+            raise ValueError(f"unknown lr schedule {kind!r}; choose 'step' or 'cosine'")
+        self.kind, self.steps_per_epoch, self.epochs = kind, max(1, steps_per_epoch), epochs
+        self.warmup_steps, self.drop_epoch, self.gamma, self.min_factor = warmup_steps, drop_epoch, gamma, min_factor
+
+    def __call__(self, step: int) -> float:
+        warmup = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.kind == "step":
+            return warmup * (self.gamma if step >= self.drop_epoch * self.steps_per_epoch else 1.0)
+        progress = min(1.0, step / max(1, self.epochs * self.steps_per_epoch))
+        return warmup * (self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class WarmupMultiStep:
@@ -139,6 +185,25 @@ class FlatCosine:
             return self.lr_gamma
         span = max(1, self.total - self.flat - self.no_aug)
         return self.lr_gamma + (1 - self.lr_gamma) * 0.5 * (1 + math.cos(math.pi * (it - self.flat) / span))
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.AdamW:
+    """AdamW over DETR's two groups, or (``param_groups="rtdetr"``) RT-DETR's three."""
+    if cfg.param_groups == "rtdetr":
+        groups = rtdetr_param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
+    else:
+        groups = param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """The per-step lr factor of ``cfg.lr_schedule`` for ``LambdaLR`` (epochs converted with ``steps_per_epoch``)."""
+    if cfg.lr_schedule == "flat_cosine":
+        args = (cfg.epochs, cfg.flat_epoch, cfg.no_aug_epoch, cfg.warmup_steps, cfg.lr_gamma)
+        return FlatCosine(steps_per_epoch, *args)
+    if cfg.lr_schedule == "multistep":
+        return WarmupMultiStep(steps_per_epoch, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_steps)
+    return LRSchedule(cfg.lr_schedule, steps_per_epoch, cfg.epochs, cfg.warmup_steps, cfg.lr_drop, cfg.lr_gamma)
 
 
 def scale_epoch_schedule(cfg: TrainConfig, epochs: int, keep: Sequence[str] = ()) -> list[str]:

@@ -1,6 +1,8 @@
 """Turning a ``TrainConfig`` into the objects of a run: device, data, criterion, mixed precision, seeds.
 
-``minidetr.train.fit`` calls these, then hands the objects to the loops in ``minidetr.engine``.
+``minidetr.train.run`` calls these, then hands the objects to the loops in ``minidetr.train.engine``. This is
+the one place a config becomes a criterion (``build_criterion``); the model is ``minidetr.build_model``'s, the
+optimiser and lr schedule ``minidetr.train.optim``'s.
 """
 
 from __future__ import annotations
@@ -14,14 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from .config import ConfigError, TrainConfig
-from .criterion import SetCriterion
-from .criterion_rtdetr import build_rtdetr_criterion
-from .data import CocoDetection, build_transforms, ensure_shapes
-from .matching import HungarianMatcher
-from .models.rtdetr import RTDETRConfig
+from ..criterion import SetCriterion
+from ..criterion_rtdetr import RTDETRCriterion
+from ..data import CocoDetection, build_transforms, ensure_shapes
+from ..matching import HungarianMatcher
+from .config import ConfigError, TrainConfig, resolve_loss
 
 _log = logging.getLogger("minidetr.train")
 
@@ -121,34 +121,25 @@ def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
     return train_set, val_set
 
 
-def build_criterion(cfg: TrainConfig) -> nn.Module:
-    """DETR's set criterion: Hungarian matcher + class, L1 and GIoU losses on every decoder layer."""
-
-    if isinstance(cfg.model, RTDETRConfig):  # main + aux + encoder + denoising losses, one matcher copy
-        return build_rtdetr_criterion(
-            cfg.model.num_classes,
-            cfg.loss_class,
-            cfg.model.dec_layers,
-            {f"loss_{cfg.loss_class}": cfg.class_loss_coef, "loss_bbox": cfg.bbox_loss_coef,
-             "loss_giou": cfg.giou_loss_coef},
-            {"cost_class": cfg.set_cost_class, "cost_bbox": cfg.set_cost_bbox, "cost_giou": cfg.set_cost_giou},
-        )  # fmt: skip
-    use_focal = cfg.loss_class != "ce"
-    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=use_focal)
-    weight_dict = {
+def build_criterion(cfg: TrainConfig) -> SetCriterion:
+    """The criterion of ``cfg``: DETR's ``SetCriterion`` (final + auxiliary layers) or, for the RT-DETR family,
+    ``RTDETRCriterion`` (final, auxiliary, encoder and denoising outputs). Loss fields left ``None`` take the
+    ``cfg.loss_class`` recipe (``minidetr.criterion.LOSS_RECIPES``)."""
+    cfg = resolve_loss(cfg)
+    matcher = HungarianMatcher(
+        cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=cfg.loss_class != "ce"
+    )
+    weights = {
         f"loss_{cfg.loss_class}": cfg.class_loss_coef,
         "loss_bbox": cfg.bbox_loss_coef,
         "loss_giou": cfg.giou_loss_coef,
     }
-    # The criterion copies these weights to each earlier decoder layer's losses (suffixes _0, _1, ...).
+    common = {"loss_class": cfg.loss_class, "alpha": cfg.loss_alpha, "gamma": cfg.loss_gamma}
+    if cfg.model.family == "rtdetr":
+        return RTDETRCriterion(cfg.model.num_classes, matcher, weights, num_dec_layers=cfg.model.dec_layers, **common)
     num_aux = cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0
     return SetCriterion(
-        cfg.model.num_classes,
-        matcher,
-        weight_dict,
-        loss_class=cfg.loss_class,
-        eos_coef=cfg.eos_coef,
-        num_aux_layers=num_aux,
+        cfg.model.num_classes, matcher, weights, eos_coef=cfg.eos_coef, num_aux_layers=num_aux, **common
     )
 
 
@@ -156,7 +147,7 @@ def mixed_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None,
     """``(autocast dtype, loss scaler)`` for ``cfg.amp`` on ``device``: ``(None, None)`` for ``"none"``,
     ``(bfloat16, None)`` for ``"bf16"`` (bf16 has fp32's range, nothing underflows), ``(float16, GradScaler)``
     for ``"fp16"``. CUDA only: on a CPU these models run slower in bf16 than in fp32, so the run stays fp32
-    and says so. (``minidetr.engine.train_one_epoch`` takes both and is the same on any device.)
+    and says so. (``minidetr.train.engine.train_one_epoch`` takes both and is the same on any device.)
     """
     if amp == "none":
         return None, None

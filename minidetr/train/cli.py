@@ -1,5 +1,5 @@
 """The command line of ``python -m minidetr.train``: presets, ``--set`` overrides and flags into a checked
-``TrainConfig``, then ``minidetr.train.fit``. Errors of the user's data, config or checkpoint end with the message
+``TrainConfig``, then ``minidetr.train.run.fit``. Errors of the user's data, config or checkpoint end with the message
 and exit status 2, without a traceback.
 """
 
@@ -8,22 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import engine
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..data import DatasetError
+from ..distributed import is_main_process
 from .builders import resolve_device
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import (
-    DEFAULT_PRESET,
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    config_from_dict,
-    get_preset,
-    preset_descriptions,
-)
-from .data import DatasetError
-from .logs import is_main_process
+from .config import ConfigError, TrainConfig, config_from_dict
+from .engine import NonFiniteLossError
 from .optim import scale_epoch_schedule
-from .train import CHECKPOINT_NAME, fit
+from .overrides import apply_overrides
+from .presets import DEFAULT_PRESET, get_preset, preset_descriptions
+from .run import CHECKPOINT_NAME, fit
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -144,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     # points at minidetr's code, not at what to fix). Anything else is a bug and keeps its traceback.
     except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as e:
         _exit_with(parser, _user_message(e))
-    except engine.NonFiniteLossError as e:
+    except NonFiniteLossError as e:
         ckpt = Path(output) / CHECKPOINT_NAME
         kept = f"the last good checkpoint {ckpt} is untouched (resume with --resume {ckpt})"
         _exit_with(parser, f"{e}\ntraining stopped; " + (kept if ckpt.is_file() else "no checkpoint was written yet"))

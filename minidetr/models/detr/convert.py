@@ -36,9 +36,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError
-from .detr import DETR
-from .official import KeyRenames, mismatch_report, read_official_checkpoint, unwrap_official_checkpoint
+from ...checkpoint import CheckpointError
+from ..official import KeyRenames, mismatch_report, read_official_checkpoint, unwrap_official_checkpoint
+from .model import DETR
 
 __all__ = ["official_to_minidetr", "minidetr_to_official", "load_official_detr_weights", "is_official_detr_state"]
 

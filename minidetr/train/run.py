@@ -1,10 +1,9 @@
-"""Train a detector: ``fit()`` for notebooks and tests, ``python -m minidetr.train`` for the shell.
+"""``fit()``: one training run, from a ``TrainConfig`` to a run folder and the final COCO stats.
 
-``python -m minidetr.train`` with no argument trains the default preset (``deim_shapes``: DEIM at CPU
-size on the synthetic shapes dataset, minutes) and ends with the COCO AP table. A run folder holds
-``config.json`` (the resolved config), ``metrics.jsonl`` (see ``minidetr.logs``), ``checkpoint.pth``
-(written atomically after every epoch; ``--resume`` continues from it) and ``detections_epochN.json``
-(COCO results with the dataset's own image and category ids, from each evaluation).
+The same function runs the tiny CPU presets in a notebook and ``deim_r50`` under ``torchrun`` on eight GPUs.
+A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (see ``minidetr.train.logs``),
+``checkpoint.pth`` (written atomically after every epoch; ``resume`` continues from it) and
+``detections_epochN.json`` (COCO results with the dataset's own image and category ids, from each evaluation).
 """
 
 from __future__ import annotations
@@ -19,16 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import engine
-from .builders import (
-    build_criterion,
-    build_datasets,
-    mixed_precision,
-    resolve_data,
-    resolve_device,
-    seed_everything,
-)
-from .checkpoint import (
+from ..checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_state_dicts,
@@ -37,31 +27,21 @@ from .checkpoint import (
     state_dicts,
     unwrap_model,
 )
-from .config import (
-    ConfigError,
-    TrainConfig,
-    config_from_dict,
-    config_to_dict,
-    format_config,
-    save_config,
-)
-from .data import MultiScaleCollate, build_dataloader
-from .distributed import all_gather_objects, init_distributed, wrap_model
+from ..data import MultiScaleCollate, build_dataloader, set_epoch
+from ..distributed import all_gather_objects, init_distributed, is_main_process, wrap_model
+from ..evaluation import CocoEvaluator, PostProcess, format_table
+from ..models import build_model
+from . import engine
+from .builders import build_criterion, build_datasets, mixed_precision, resolve_data, resolve_device, seed_everything
+from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, format_config, resolve_loss, save_config
 from .ema import ModelEMA
-from .evaluation import CocoEvaluator, PostProcess, format_table
-from .logs import MetricsLogger, is_main_process, truncate_metrics
-from .models import build_model
-from .models.rtdetr import RTDETRConfig
+from .logs import MetricsLogger, truncate_metrics
+from .optim import build_lr_schedule, build_optimizer
 
-__all__ = ["fit", "main", "build_criterion", "CHECKPOINT_NAME"]
+__all__ = ["fit", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
 _log = logging.getLogger("minidetr.train")
-
-
-def _say(message: str, verbose: bool) -> None:
-    if verbose and is_main_process():
-        tqdm.write(message)
 
 
 def fit(
@@ -81,9 +61,10 @@ def fit(
     the run then goes on to ``cfg.epochs``. ``progress``: tqdm bars; ``verbose`` (default: ``progress``): print
     the resolved config, a line per epoch and the final AP table. Only the main process prints.
     """
-
     start_time = time.perf_counter()
+    verbose = progress if verbose is None else verbose
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model), data=dataclasses.replace(cfg.data))
+    cfg = resolve_loss(cfg)  # the loss fields left None take the recipe's numbers, so config.json names them
     device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     dist_info = init_distributed(device)  # torchrun: join the process group (no-op otherwise)
     if dist_info.distributed and device.type == "cuda":
@@ -92,6 +73,7 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
 
+    # ---- the run's objects: data, model, criterion, optimiser, schedule, EMA, precision
     paths = resolve_data(cfg, data)
     train_set, val_set = build_datasets(cfg, paths)
     cfg.model.num_classes = train_set.num_classes  # the dataset decides K (contiguous labels 0..K-1)
@@ -101,7 +83,6 @@ def fit(
         _check_compatible(config_from_dict(state["config"]), cfg, resume)
     if is_main_process():
         save_config(cfg, out / "config.json")
-    verbose = progress if verbose is None else verbose
     _say(f"resolved config ({out / 'config.json'}):\n{format_config(cfg)}", verbose)
 
     seed_everything(cfg.seed)
@@ -111,10 +92,9 @@ def fit(
     val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed, shard)
     model = build_model(cfg.model).to(device)
     criterion = build_criterion(cfg).to(device)
-    optimizer = engine.build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.build_lr_schedule(cfg, len(train_loader)))
-    use_focal = getattr(cfg.model, "use_focal", True)  # RT-DETR heads are sigmoid heads
-    postprocess = PostProcess(use_focal=use_focal, num_top_queries=cfg.num_top_queries)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_schedule(cfg, len(train_loader)))
+    postprocess = PostProcess(use_focal=cfg.model.sigmoid_head, num_top_queries=cfg.num_top_queries)
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmups) if cfg.ema else None
     if dist_info.distributed:  # same initial model everywhere (above), then each process its own random stream
         seed_everything(cfg.seed + dist_info.rank)  # (augmentations, denoising noise)
@@ -122,103 +102,76 @@ def fit(
     train_model = wrap_model(model, device, cfg.sync_bn)  # DDP under torchrun, else the model itself
     if cfg.compile:
         train_model = torch.compile(train_model)
-    # Further training state (EMA, AMP scaler, ...): register an object with state_dict()/load_state_dict()
-    # here and every checkpoint saves it and --resume restores it (a checkpoint lacking it is refused).
-    stateful: dict[str, Any] = {}
-    if ema is not None:
-        stateful["ema"] = ema
-    if scaler is not None:
-        stateful["scaler"] = scaler
+    # Further training state: an object registered here with state_dict()/load_state_dict() is saved in every
+    # checkpoint and restored by resume (a checkpoint lacking it is refused).
+    stateful = {k: v for k, v in (("ema", ema), ("scaler", scaler)) if v is not None}
 
     start_epoch, step = 0, 0
     if state is not None:
-        unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        # The step count comes from the checkpoint, the schedule's shape from the current config (so that
-        # --resume --epochs N can extend a run): LambdaLR skips lr_lambdas entries that are None.
-        scheduler.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        _restore_random_state(state, train_loader, dist_info)
-        load_state_dicts(stateful, state, resume)
+        start_epoch, step = _restore(state, model, optimizer, scheduler, train_loader, stateful, dist_info, resume)
         truncate_metrics(out / "metrics.jsonl", state["epoch"])
         _say(f"resumed from {resume} (epoch {start_epoch}/{cfg.epochs} done, step {step})", verbose)
 
+    # ---- the loop: an epoch of training, evaluation when due, a checkpoint
+    eval_model = ema.module if ema is not None else model  # the EMA weights are the ones evaluated and kept
     stats: dict[str, Any] = {}
     with MetricsLogger(out / "metrics.jsonl", append=state is not None) as logger:
         for epoch in range(start_epoch, cfg.epochs):
-            train_set.set_epoch(epoch)  # augmentation policies switch by epoch (RT-DETR's stop_epoch)
-            multiscale.set_epoch(epoch)  # and so does multi-scale training
-            if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
-                train_loader.sampler.set_epoch(epoch)
+            set_epoch(train_loader, epoch)  # augmentation policy, multi-scale, DistributedSampler shuffle
             step, means = engine.train_one_epoch(
-                train_model,
-                criterion,
-                train_loader,
-                optimizer,
-                scheduler,
-                device,
-                epoch,
-                step=step,
-                clip_max_norm=cfg.clip_max_norm,
-                logger=logger,
-                log_every=cfg.log_every,
-                progress=progress,
-                ema=ema,
-                scaler=scaler,
-                amp_dtype=amp_dtype,
-                model_takes_targets=isinstance(cfg.model, RTDETRConfig),
-            )
-            last = epoch == cfg.epochs - 1
-            if last or (epoch + 1) % cfg.eval_every == 0:
-                detections = out / f"detections_epoch{epoch}.json"
-                eval_model = ema.module if ema is not None else model  # the EMA weights when there are some
-                stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, detections, progress)
-                scalars = {k: v for k, v in stats.items() if k != "per_class_AP"}
+                train_model, criterion, train_loader, optimizer, scheduler, device, epoch, step=step,
+                clip_max_norm=cfg.clip_max_norm, logger=logger, log_every=cfg.log_every, progress=progress,
+                ema=ema, scaler=scaler, amp_dtype=amp_dtype,
+            )  # fmt: skip
+            if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
+                stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, out, epoch, progress)
+                scalars = {k: v for k, v in stats.items() if k not in ("per_class_AP", "epoch")}
                 logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **scalars)
-                stats["epoch"] = epoch
             # Every process's random state (a collective: all ranks call it), so a resumed run goes on exactly.
             random_states = all_gather_objects(_random_state(train_loader))
             if is_main_process():
-                save_checkpoint(
-                    {
-                        "model": unwrap_model(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "lr_scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "config": config_to_dict(cfg),
-                        **random_states[0],  # "rng", "loader_generator": rank 0's
-                        # under torchrun every rank's, in rank order (rank 0's again at index 0)
-                        **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
-                        "class_names": list(train_set.class_names),
-                        "label_to_category_id": list(train_set.label_to_category_id),
-                        **state_dicts(stateful),
-                    },
-                    out / CHECKPOINT_NAME,
-                )
-            ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats and stats.get("epoch") == epoch else ""
-            _say(
-                f"epoch {epoch + 1}/{cfg.epochs}  loss {means.get('loss', float('nan')):.4f}{ap}  "
-                f"({time.perf_counter() - start_time:.0f} s)",
-                verbose,
-            )
+                checkpoint = {
+                    "model": unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "config": config_to_dict(cfg),
+                    **random_states[0],  # "rng", "loader_generator": rank 0's
+                    # under torchrun every rank's, in rank order (rank 0's again at index 0)
+                    **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
+                    "class_names": list(train_set.class_names),
+                    "label_to_category_id": list(train_set.label_to_category_id),
+                    **state_dicts(stateful),
+                }
+                save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
+            ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats.get("epoch") == epoch else ""
+            loss, elapsed = means.get("loss", float("nan")), time.perf_counter() - start_time
+            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}{ap}  ({elapsed:.0f} s)", verbose)
 
     if not stats:  # resumed a finished run: evaluate what the checkpoint holds
-        stats = _evaluate(
-            ema.module if ema is not None else model,
-            postprocess,
-            val_loader,
-            val_set,
-            cfg,
-            device,
-            out / f"detections_epoch{start_epoch - 1}.json",
-            progress,
-        )
-        stats["epoch"] = start_epoch - 1
+        stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, out, start_epoch - 1, progress)
     stats = {**stats, "step": step, "time_s": time.perf_counter() - start_time, "output_dir": str(out)}
     table = format_table(stats, stats.get("per_class_AP"))
     _say(f"\nCOCO evaluation on {paths.val_ann} after {cfg.epochs} epochs:\n{table}", verbose)
     return stats
+
+
+def _say(message: str, verbose: bool) -> None:
+    if verbose and is_main_process():
+        tqdm.write(message)
+
+
+def _restore(state, model, optimizer, scheduler, loader, stateful, dist_info, resume) -> tuple[int, int]:
+    """Load a checkpoint's training state; returns ``(first epoch to run, step)``."""
+    unwrap_model(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    # The step count comes from the checkpoint, the schedule's shape from the current config (so that
+    # --resume --epochs N can extend a run): LambdaLR skips lr_lambdas entries that are None.
+    scheduler.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    _restore_random_state(state, loader, dist_info)
+    load_state_dicts(stateful, state, resume)
+    return state["epoch"] + 1, state["step"]
 
 
 def _random_state(loader) -> dict[str, Any]:
@@ -238,15 +191,14 @@ def _restore_random_state(state: dict[str, Any], loader, dist_info) -> None:
     loader.generator.set_state(mine["loader_generator"])
 
 
-def _evaluate(
-    model, postprocess, loader, dataset, cfg: TrainConfig, device, detections_path: Path, progress: bool
-) -> dict[str, Any]:
+def _evaluate(model, postprocess, loader, dataset, cfg: TrainConfig, device, out: Path, epoch: int, progress: bool):
+    """COCO stats of ``model`` on the val set after ``epoch``; writes ``detections_epoch{epoch}.json``."""
     evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category_id, backend=cfg.eval_backend)
     engine.evaluate(model, postprocess, loader, evaluator, device, progress=progress)
     evaluator.synchronize_between_processes()  # under torchrun each rank saw its share of the val images
     if is_main_process():
-        evaluator.write_results(detections_path)
-    return {**evaluator.summarize(), "per_class_AP": evaluator.per_class_ap()}
+        evaluator.write_results(out / f"detections_epoch{epoch}.json")
+    return {**evaluator.summarize(), "per_class_AP": evaluator.per_class_ap(), "epoch": epoch}
 
 
 def _check_eval_backend(cfg: TrainConfig) -> None:
@@ -267,14 +219,3 @@ def _check_compatible(saved: TrainConfig, cfg: TrainConfig, resume: Any) -> None
     ]
     if diff:
         raise ConfigError(f"cannot resume from {resume}: the model differs ({'; '.join(diff)})")
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    """``python -m minidetr.train [...]``: the command line (``minidetr.train_cli``), returns ``fit``'s stats."""
-    from .train_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,10 @@
-"""Typed training configs, named presets and checked ``key=value`` overrides.
+"""Typed training configs and checked ``key=value`` overrides (the presets are in ``minidetr.train.presets``).
 
-A run is described by one ``TrainConfig``: the model (``ModelConfig``, owned by ``minidetr.models``), the
-data (``DataConfig``) and the optimisation fields. A preset is a small function returning a config; its
-docstring's first line is the description ``--list-presets`` prints, its comments give the launch
-command, the expected wall time and the batch arithmetic.
+A run is described by one ``TrainConfig``: the model (a ``DETRConfig`` or ``RTDETRConfig``, owned by
+``minidetr.models``), the data (``DataConfig``) and the optimisation and loss fields. The loss fields left
+``None`` take the loss method's recipe (``minidetr.criterion.LOSS_RECIPES``); ``resolve_loss`` fills them in,
+so the saved ``config.json`` names the numbers a run trained with. ``--set key=value`` overrides are parsed in
+``minidetr.train.overrides``.
 
 Overrides (``--set key=value``) are parsed with the field's declared type, so ``--set epochs=ten`` or
 ``--set model.hidden_dim=1.5`` fail with a one-line ``ConfigError`` instead of a traceback mid-run.
@@ -13,25 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
+import math
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .models.config import ModelConfig
-from .models.rtdetr.model import RTDETRConfig
+from ..criterion import LOSS_RECIPES
+from ..models import DETRConfig, ModelConfig, model_config_from_dict
 
 __all__ = [
     "ConfigError",
     "DataConfig",
     "TrainConfig",
-    "PRESETS",
-    "DEFAULT_PRESET",
-    "preset_descriptions",
-    "get_preset",
-    "apply_overrides",
+    "LOSS_FIELDS",
+    "resolve_loss",
     "config_to_dict",
     "config_from_dict",
     "save_config",
@@ -66,12 +63,12 @@ class DataConfig:
     # RT-DETRv2 / DEIM multi-scale training: each train batch resized to a random side from this list until
     # stop_epoch (minidetr.data.MultiScaleCollate); [] keeps image_size. Official: 480..800, 640 three times.
     multiscale_sizes: list[int] = field(default_factory=list)
+    # DEIM's Dense O2O (mosaic, mixup and their epoch policy) is not implemented yet: the fields exist so that
+    # presets can name the official values, and validate() refuses anything but these defaults.
+    mosaic_prob: float = 0.0  # DEIM: 0.5 inside the policy epochs
+    mixup_prob: float = 0.0  # DEIM: 0.5 per batch inside the mixup epochs
+    policy_epochs: list[int] = field(default_factory=list)  # DEIM-R50 60e: [4, 34, 58]
     # Synthetic dataset parameters (used when source == "shapes").
-    # DEIM's Dense O2O (mosaic, mixup and their epoch policy): a later issue. The hooks exist so presets can
-    # name them; anything but the defaults is refused by validate() until the pipeline implements them.
-    mosaic_prob: float = 0.0  # later issue (DEIM: 0.5 inside the policy epochs)
-    mixup_prob: float = 0.0  # later issue (DEIM: 0.5 per batch inside the mixup epochs)
-    policy_epochs: list[int] = field(default_factory=list)  # later issue (DEIM-R50 60e: [4, 34, 58])
     shapes_num_train: int = 2000
     shapes_num_val: int = 200
     shapes_seed: int = 0
@@ -83,7 +80,7 @@ class TrainConfig:
     """Everything one training run needs; ``config.json`` and every checkpoint store it resolved."""
 
     preset: str = "custom"
-    model: ModelConfig | RTDETRConfig = field(default_factory=ModelConfig)  # DETR or RT-DETRv2 / DEIM
+    model: ModelConfig = field(default_factory=DETRConfig)  # DETRConfig or RTDETRConfig (RT-DETRv2 / DEIM)
     data: DataConfig = field(default_factory=DataConfig)
     # Optimisation (DETR: AdamW, lr 1e-4, backbone 1e-5, weight decay 1e-4, clip 0.1, step drop x0.1).
     epochs: int = 10
@@ -107,15 +104,19 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast on CUDA only; the criterion stays fp32
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
     sync_bn: bool = False  # SyncBatchNorm across GPUs under torchrun (CUDA only)
-    # Loss: matching costs and loss weights (DETR: 1 / 5 / 2, no-object weight 0.1).
+    # Loss: the classification method, then its matching costs, loss weights and alpha / gamma. None: the
+    # method's recipe (minidetr.criterion.LOSS_RECIPES; DETR: costs 1 / 5 / 2, weights 1 / 5 / 2, no-object 0.1;
+    # DEIM: costs 2 / 5 / 2, weights 1 / 5 / 2, MAL gamma 1.5). fit() writes the resolved numbers to config.json.
     loss_class: Literal["ce", "focal", "vfl", "mal"] = "ce"
-    set_cost_class: float = 1.0
-    set_cost_bbox: float = 5.0
-    set_cost_giou: float = 2.0
-    class_loss_coef: float = 1.0
-    bbox_loss_coef: float = 5.0
-    giou_loss_coef: float = 2.0
-    eos_coef: float = 0.1
+    set_cost_class: float | None = None
+    set_cost_bbox: float | None = None
+    set_cost_giou: float | None = None
+    class_loss_coef: float | None = None
+    bbox_loss_coef: float | None = None
+    giou_loss_coef: float | None = None
+    eos_coef: float | None = None  # "ce" only: the weight of the no-object class
+    loss_alpha: float | None = None  # focal / VFL class balance; MAL: an optional weight on its negatives
+    loss_gamma: float | None = None  # focal / VFL / MAL focusing exponent
     # Runtime.
     seed: int = 0
     num_workers: int = 0
@@ -164,21 +165,24 @@ class TrainConfig:
         if d.mosaic_prob or d.mixup_prob or d.policy_epochs:
             raise ConfigError(
                 "data.mosaic_prob / data.mixup_prob / data.policy_epochs (DEIM's Dense O2O) are not implemented "
-                "yet (a later issue); leave them at 0 and []"
+                "yet; leave them at 0 and []"
             )
         if self.lr_schedule == "flat_cosine" and not 0 <= self.flat_epoch <= self.epochs - self.no_aug_epoch:
             raise ConfigError(
                 f"flat_cosine needs 0 <= flat_epoch ({self.flat_epoch}) <= epochs ({self.epochs}) - no_aug_epoch "
                 f"({self.no_aug_epoch}); with fewer epochs set them too, e.g. --set flat_epoch=0 no_aug_epoch=0"
             )
-        try:  # overrides bypass ModelConfig.__post_init__; rebuilding runs its checks again
+        for key in LOSS_FIELDS:
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key} must be a finite number >= 0 (or none: the recipe's value), got {value}")
+        try:  # overrides bypass the model config's __post_init__; rebuilding runs its checks again
             dataclasses.replace(self.model)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if isinstance(self.model, RTDETRConfig):
-            if self.loss_class == "ce":
+        if (self.loss_class != "ce") != self.model.sigmoid_head:
+            if self.model.family == "rtdetr":
                 raise ConfigError("RT-DETR models have sigmoid heads: loss_class must be 'mal', 'vfl' or 'focal'")
-        elif (self.loss_class != "ce") != bool(self.model.use_focal):
             raise ConfigError(
                 f"loss_class={self.loss_class!r} needs model.use_focal={self.loss_class != 'ce'} "
                 "(sigmoid losses use a head without the no-object logit)"
@@ -186,113 +190,32 @@ class TrainConfig:
         return self
 
 
-# --------------------------------------------------------------------------------------------------- presets
-PRESETS: dict[str, Callable[[], TrainConfig]] = {}
-DEFAULT_PRESET = "deim_shapes"  # the useful CPU detector; detr_shapes shows plain DETR's slow start
+# The TrainConfig fields that default to the loss recipe, and where each one's value sits in LOSS_RECIPES.
+LOSS_FIELDS: dict[str, tuple[str, str]] = {
+    "set_cost_class": ("matcher", "cost_class"),
+    "set_cost_bbox": ("matcher", "cost_bbox"),
+    "set_cost_giou": ("matcher", "cost_giou"),
+    "class_loss_coef": ("weight_dict", "loss_{loss_class}"),
+    "bbox_loss_coef": ("weight_dict", "loss_bbox"),
+    "giou_loss_coef": ("weight_dict", "loss_giou"),
+    "eos_coef": ("", "eos_coef"),
+    "loss_alpha": ("", "alpha"),
+    "loss_gamma": ("", "gamma"),
+}
 
 
-def _preset(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
-    """Register ``fn`` under its name; its docstring's first line is the description."""
-    if not (fn.__doc__ or "").strip():
-        raise TypeError(f"preset {fn.__name__} needs a one-line docstring")
-    PRESETS[fn.__name__] = fn
-    return fn
+def resolve_loss(cfg: TrainConfig) -> TrainConfig:
+    """A copy of ``cfg`` with every loss field left ``None`` set to the ``cfg.loss_class`` recipe's value.
 
-
-# The presets live in their own files; importing them registers them here (in --list-presets order):
-# DETR (detr_shapes, detr_tiny, detr_r50), then RT-DETRv2 / DEIM (deim_shapes, rtdetr_shapes, deim_r50, rtdetrv2_r50).
-from . import presets_detr, presets_rtdetr  # noqa: E402, F401
-
-
-def preset_descriptions() -> dict[str, str]:
-    """Preset name -> its one-line description."""
-    return {name: fn.__doc__.strip().splitlines()[0] for name, fn in PRESETS.items()}
-
-
-def get_preset(name: str) -> TrainConfig:
-    """A fresh config for preset ``name``; ``ConfigError`` listing the presets when it does not exist."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]()
-
-
-# ------------------------------------------------------------------------------------------------- overrides
-_NONE_WORDS = {"none", "null"}
-_TRUE_WORDS = {"true", "1", "yes", "on"}
-_FALSE_WORDS = {"false", "0", "no", "off"}
-
-
-def _parse_value(text: str, tp: Any, key: str) -> Any:
-    """Convert ``text`` to type ``tp`` (bool, int, float, str, Literal, X | None, list/tuple of those)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and text.strip().lower() in _NONE_WORDS:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _parse_value(text, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot parse {text!r}")
-    if origin is Literal:
-        choices = [str(a) for a in args]
-        if text not in choices:
-            raise ConfigError(f"{key}={text!r} is not allowed; choose one of: {', '.join(choices)}")
-        return args[choices.index(text)]
-    if origin in (list, tuple):
-        items = json.loads(text) if text.strip().startswith("[") else [t for t in text.split(",") if t.strip()]
-        item_tp = args[0] if args else str
-        parsed = [_parse_value(str(i).strip(), item_tp, key) for i in items]
-        return tuple(parsed) if origin is tuple else parsed
-    if tp is bool:
-        word = text.strip().lower()
-        if word in _TRUE_WORDS | _FALSE_WORDS:
-            return word in _TRUE_WORDS
-        raise ConfigError(f"{key} expects a bool (true/false), got {text!r}")
-    if tp is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"{key} expects an int, got {text!r}") from None
-    if tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"{key} expects a float, got {text!r}") from None
-    if tp is str:
-        return text
-    raise ConfigError(f"{key}: fields of type {tp} cannot be set from the command line")
-
-
-def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
-    """Apply ``["epochs=3", "model.hidden_dim=64", ...]`` in place (dotted keys reach nested configs).
-
-    Every key must name an existing field and every value must parse as that field's type; otherwise a
-    ``ConfigError`` names the key, the value and what is allowed. Returns ``cfg``.
+    Fields the recipe has no value for stay ``None`` (``eos_coef`` for sigmoid losses, MAL's ``alpha``).
     """
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. --set epochs=3 model.hidden_dim=64)")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        *parents, name = key.split(".")
-        target = cfg
-        for part in parents:
-            sub = getattr(target, part, None)
-            if not dataclasses.is_dataclass(sub):
-                raise ConfigError(f"unknown config section {part!r} in {key!r}; sections: {_sections(target)}")
-            target = sub
-        hints = typing.get_type_hints(type(target))
-        fields = [f.name for f in dataclasses.fields(target)]
-        if name not in fields or dataclasses.is_dataclass(getattr(target, name)):
-            raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(fields)}")
-        setattr(target, name, _parse_value(text, hints[name], key))
-    return cfg
-
-
-def _sections(obj: Any) -> str:
-    return ", ".join(f.name for f in dataclasses.fields(obj) if dataclasses.is_dataclass(getattr(obj, f.name)))
+    recipe = LOSS_RECIPES[cfg.loss_class]
+    filled = {}
+    for key, (section, name) in LOSS_FIELDS.items():
+        if getattr(cfg, key) is None:
+            table = recipe[section] if section else recipe
+            filled[key] = table.get(name.format(loss_class=cfg.loss_class))
+    return dataclasses.replace(cfg, **filled)
 
 
 # ---------------------------------------------------------------------------------------------- (de)serialise
@@ -304,9 +227,10 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """Rebuild a ``TrainConfig`` from ``config_to_dict`` output; unknown keys raise ``ConfigError``."""
     d = dict(d)
-    model_dict = d.pop("model", {})
-    model_cls = RTDETRConfig if model_dict.get("name") in ("deim", "rtdetrv2") else ModelConfig
-    model = model_cls(**_known(model_cls, model_dict, "model"))
+    try:
+        model = model_config_from_dict(d.pop("model", {}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"section 'model': {e}") from None
     data = DataConfig(**_known(DataConfig, d.pop("data", {}), "data"))
     return TrainConfig(model=model, data=data, **_known(TrainConfig, d, ""))
 

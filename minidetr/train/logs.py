@@ -22,38 +22,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
+from ..distributed import is_main_process
 
 __all__ = [
-    "is_main_process",
-    "get_rank",
-    "get_world_size",
-    "is_distributed",
     "MetricsLogger",
     "read_metrics",
     "series",
     "truncate_metrics",
 ]
-
-
-def is_distributed() -> bool:
-    """True inside an initialised torch.distributed process group (torchrun), else False."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    """This process's rank under torch.distributed, 0 when not distributed."""
-    return dist.get_rank() if is_distributed() else 0
-
-
-def get_world_size() -> int:
-    """Number of training processes, 1 when not distributed."""
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0: the one process that prints, logs and writes checkpoints."""
-    return get_rank() == 0
 
 
 def _jsonable(value: Any) -> Any:
@@ -107,7 +83,7 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, An
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {str(path)!r}; it is written by minidetr.train.fit")
+        raise FileNotFoundError(f"no metrics file at {str(path)!r}; it is written by minidetr.train.run")
     lines = path.read_text().splitlines()
     records = []
     for i, line in enumerate(lines):

@@ -1,0 +1,109 @@
+"""Batching: stack a batch, multi-scale training, the seeded DataLoader, and the per-epoch hand-over.
+
+``set_epoch(loader, epoch)`` is the one call a training loop makes before each epoch: the dataset's augmentation
+policy, the multi-scale collate and a ``DistributedSampler``'s shuffle all switch by epoch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = ["collate_fn", "MultiScaleCollate", "build_dataloader", "set_epoch"]
+
+
+def collate_fn(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
+    """``[(image [3, S, S], target), ...]`` -> ``(images [B, 3, S, S], [target, ...])``.
+
+    Targets stay a list because each image has its own number of boxes T; the fixed square resize of the
+    transforms makes every image the same size, so they stack without DETR's padding masks.
+    """
+    images, targets = zip(*batch, strict=True)
+    shapes = {tuple(im.shape) for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"images in a batch must share one size to stack, got {sorted(shapes)}: resize them "
+                         "to a fixed square (build_transforms does)")  # fmt: skip
+    return torch.stack(images), list(targets)
+
+
+class MultiScaleCollate:
+    """RT-DETRv2 / DEIM multi-scale training: :func:`collate_fn`, then the whole batch resized to one square side
+    drawn from ``sizes`` (nearest neighbour, as the official collate does); from ``stop_epoch`` on the batch keeps
+    the transforms' size. Boxes are normalised, so they stay as they are.
+
+    The official list is [480, 512, ..., 800] with 640 three times (base size 640, repeated 3 times), one draw
+    per batch from Python's ``random`` (seeded per worker, restored on resume). ``set_epoch`` before each epoch:
+    the loader's workers are not persistent, so they pick up the epoch when the next pass starts.
+    """
+
+    def __init__(self, sizes: Sequence[int], stop_epoch: int | None = None):
+        self.sizes, self.stop_epoch, self.epoch = list(sizes), stop_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
+        images, targets = collate_fn(batch)
+        if self.sizes and (self.stop_epoch is None or self.epoch < self.stop_epoch):
+            size = random.choice(self.sizes)
+            if size != images.shape[-1] or size != images.shape[-2]:
+                images = F.interpolate(images, size=(size, size), mode="nearest")
+        return images, targets
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy/random (used by some transforms) follow it
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    distributed: bool = False,
+    collate: Callable[[list], tuple[Tensor, list[dict[str, Any]]]] = collate_fn,
+) -> DataLoader:
+    """A DataLoader with :func:`collate_fn`: shuffled (seeded) and dropping the last partial batch when
+    ``train``; with ``distributed`` a ``DistributedSampler`` splits the data. Call :func:`set_epoch` before each
+    epoch: workers are not persistent, so the epoch reaches them when the next pass starts.
+    """
+    drop_last = train and len(dataset) >= batch_size  # a tiny dataset still yields one batch
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if distributed:  # the same seed everywhere for the split, each process its own worker seeds (augmentations)
+        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=drop_last)
+        generator.manual_seed(seed + sampler.rank)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train if sampler is None else False,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        collate_fn=collate,
+        generator=generator,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell everything in ``loader`` that switches by epoch: the dataset (augmentation policy, RT-DETR's
+    ``stop_epoch``), the collate function (:class:`MultiScaleCollate`) and a ``DistributedSampler`` (a new
+    seeded shuffle on every rank)."""
+    for part in (loader.dataset, loader.collate_fn):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)

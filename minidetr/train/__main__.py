@@ -1,0 +1,5 @@
+"""``python -m minidetr.train``: the command line (``minidetr.train.cli``)."""
+
+from .cli import main
+
+main()

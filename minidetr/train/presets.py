@@ -1,0 +1,192 @@
+"""The training presets: one small function per run recipe, registered in ``PRESETS`` (``--list-presets`` order).
+
+A preset returns a ``TrainConfig``; its docstring's first line is the description ``--list-presets`` prints,
+its comments give the launch command, the expected wall time and the batch arithmetic. Every preset's model
+is the model preset of the same name (``minidetr.models.MODEL_PRESETS``). Loss fields a preset does not set
+take the loss method's recipe (``minidetr.criterion.LOSS_RECIPES``).
+
+- Plain DETR: ``detr_shapes`` (lesson 05's tiny DETR on the synthetic shapes: it shows DETR's slow start),
+  ``detr_tiny`` (smoke tests) and ``detr_r50`` (the paper's COCO recipe).
+- RT-DETRv2 / DEIM: ``deim_shapes`` and ``rtdetr_shapes`` (CPU size, minutes), ``deim_r50`` and
+  ``rtdetrv2_r50`` (the official COCO recipes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..models import get_model_preset
+from .config import ConfigError, DataConfig, TrainConfig
+
+__all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset", "preset_descriptions"]
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {}
+DEFAULT_PRESET = "deim_shapes"  # the useful CPU detector; detr_shapes shows plain DETR's slow start
+
+
+def _preset(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
+    """Register ``fn`` under its name; its docstring's first line is the description."""
+    if not (fn.__doc__ or "").strip():
+        raise TypeError(f"preset {fn.__name__} needs a one-line docstring")
+    PRESETS[fn.__name__] = fn
+    return fn
+
+
+def preset_descriptions() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    return {name: fn.__doc__.strip().splitlines()[0] for name, fn in PRESETS.items()}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """A fresh config for preset ``name``; ``ConfigError`` listing the presets when it does not exist."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ------------------------------------------------------------------------------------------------------ DETR
+@_preset
+def detr_shapes() -> TrainConfig:
+    """A tiny plain DETR on the synthetic shapes dataset, CPU, about 10 minutes on 2 cores (lesson 05)."""
+    # Launch: python -m minidetr.train --preset detr_shapes
+    # Wall time: about 10 min on 2 quiet CPU cores (~0.2 s per step); benchmarks/RESULTS.md has the measured
+    # figure and the AP reached (python benchmarks/bench_default_preset.py).
+    # Batch arithmetic: 1 process x batch 16 = 16 images/step; 2000 train images -> 125 steps/epoch,
+    # 20 epochs -> 2500 steps; the lr drops x0.1 for the last 5 epochs (DETR: 400 of 500).
+    # Faithful to DETR (CE with no-object weight 0.1, Hungarian matching 1/5/2, L1 + GIoU, aux losses, AdamW,
+    # clip 0.1, step schedule); made small so it moves on a CPU: 128 px images, a small CNN trained from
+    # scratch (so the backbone takes the full lr, 2e-4), a narrow transformer, 30 queries, no dropout, a short
+    # warmup, and only horizontal flips (the strong augmentations slow a 20-epoch run more than they help).
+    cfg = TrainConfig(preset="detr_shapes")
+    cfg.model = get_model_preset("detr_shapes")  # tiny CNN (stride 16), D=128, 2+2 layers, 30 queries, no dropout
+    cfg.data = DataConfig(source="shapes", image_size=128, augment=False)
+    cfg.epochs, cfg.batch_size = 20, 16
+    cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.clip_max_norm = 2e-4, 2e-4, 1e-4, 0.1
+    cfg.lr_schedule, cfg.lr_drop, cfg.warmup_steps = "step", 15, 50
+    cfg.log_every = 10
+    return cfg
+
+
+@_preset
+def detr_tiny() -> TrainConfig:
+    """Test size: a 1-layer DETR for smoke tests on a handful of images (seconds)."""
+    # Launch: python -m minidetr.train --preset detr_tiny --epochs 1
+    # Wall time: seconds; it learns nothing useful, it exercises every code path.
+    # Batch arithmetic: 1 process x batch 4; 16 synthetic train images -> 4 steps/epoch.
+    cfg = detr_shapes()
+    cfg.preset = "detr_tiny"
+    cfg.model = get_model_preset("detr_tiny")  # D=32, 1+1 layers, 10 queries
+    cfg.data = DataConfig(source="shapes", image_size=64, shapes_num_train=16, shapes_num_val=8, shapes_image_size=64)
+    cfg.epochs, cfg.batch_size, cfg.warmup_steps, cfg.lr_drop, cfg.log_every = 2, 4, 0, 100, 1
+    return cfg
+
+
+@_preset
+def detr_r50() -> TrainConfig:
+    """DETR R50 on COCO 2017, the paper's recipe (500 epochs, lr drop at 400; 16 GPUs x 4 images)."""
+    # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset detr_r50 --data /data/coco
+    #         (on 2 nodes x 8 GPUs for the paper's 16 x 4; with 8 GPUs use --set batch_size=8)
+    # Wall time: the paper reports ~3 days for 300 epochs on 16 V100s; the 500-epoch run is ~5 days.
+    # Batch arithmetic: 4 images/GPU x 16 GPUs = 64 images/step; 118k train images -> ~1850 steps/epoch.
+    # The paper trains at shortest side 800 with multi-scale resize; minidetr's transforms use a fixed square
+    # (RT-DETR style), so image_size=800 keeps the compute comparable, not identical.
+    # Shorter schedule from the paper: --set epochs=300 lr_drop=200.
+    cfg = TrainConfig(preset="detr_r50")
+    cfg.model = get_model_preset("detr_r50")  # R50, 6+6 layers, D=256, 8 heads, FFN 2048, 100 queries, dropout 0.1
+    # minidetr's datasets give contiguous labels 0..K-1 (80 for COCO) rather than the raw ids (max 90).
+    cfg.model.num_classes = 80
+    cfg.data = DataConfig(source="coco", image_size=800)
+    cfg.epochs, cfg.batch_size = 500, 4
+    cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.clip_max_norm = 1e-4, 1e-5, 1e-4, 0.1
+    cfg.lr_schedule, cfg.lr_drop, cfg.warmup_steps = "step", 400, 0
+    cfg.num_workers, cfg.log_every = 4, 50
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ RT-DETRv2 / DEIM
+def _rtdetr_shapes(name: str) -> TrainConfig:
+    cfg = TrainConfig(preset=name)
+    cfg.model = get_model_preset(name)  # ResNet18-vd at width 16, D=64, 2 decoder layers, 50 queries (~1M)
+    cfg.data = DataConfig(source="shapes", image_size=128, augment=False)
+    cfg.epochs, cfg.batch_size = 12, 16
+    # Trained from scratch, so the backbone takes the full lr; schedules scaled to 1,500 steps instead of 440k.
+    cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.clip_max_norm = 5e-4, 5e-4, 1e-4, 0.1
+    cfg.param_groups, cfg.warmup_steps = "rtdetr", 100
+    cfg.ema, cfg.ema_decay, cfg.ema_warmups = True, 0.999, 200
+    cfg.log_every = 10
+    return cfg
+
+
+@_preset
+def deim_shapes() -> TrainConfig:
+    """DEIM (RT-DETRv2 model, MAL, flat-cosine lr, EMA) at CPU size on the synthetic shapes, minutes."""
+    # Launch: python -m minidetr.train --preset deim_shapes
+    # Wall time: about 6 minutes on 2 CPU cores (benchmarks/RESULTS.md).
+    # Batch arithmetic: 1 process x batch 16; 2000 train images -> 125 steps/epoch, 12 epochs -> 1500 steps.
+    # The deim_r50 recipe scaled down: quadratic warm-up 100 steps, flat to epoch 6, cosine to lr/2, last epoch flat.
+    cfg = _rtdetr_shapes("deim_shapes")
+    cfg.loss_class = "mal"
+    cfg.lr_schedule, cfg.flat_epoch, cfg.no_aug_epoch, cfg.lr_gamma = "flat_cosine", 6, 1, 0.5
+    return cfg
+
+
+@_preset
+def rtdetr_shapes() -> TrainConfig:
+    """RT-DETRv2 (VFL, warm-up then constant lr, EMA) at CPU size on the synthetic shapes, minutes."""
+    # Launch: python -m minidetr.train --preset rtdetr_shapes
+    # Batch arithmetic: as deim_shapes (1 process x 16, 125 steps/epoch, 12 epochs).
+    cfg = _rtdetr_shapes("rtdetr_shapes")
+    cfg.loss_class = "vfl"
+    cfg.lr_schedule, cfg.lr_milestones, cfg.lr_gamma = "multistep", [1000], 0.1
+    return cfg
+
+
+def _rtdetr_r50_common(cfg: TrainConfig) -> TrainConfig:
+    cfg.data = DataConfig(source="coco", image_size=640)  # squashed to 640x640, no mean/std (RT-DETR style)
+    # multi-scale training until data.stop_epoch: one random side per batch (base 640 repeated 3 times)
+    cfg.data.multiscale_sizes = [480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]
+    cfg.param_groups, cfg.weight_decay, cfg.clip_max_norm = "rtdetr", 1e-4, 0.1
+    cfg.ema, cfg.ema_decay, cfg.ema_warmups = True, 0.9999, 2000
+    cfg.amp, cfg.sync_bn, cfg.warmup_steps = "bf16", True, 2000
+    cfg.num_workers, cfg.log_every, cfg.num_top_queries, cfg.eval_backend = 4, 100, 300, "faster"
+    # 2 images per process: 8 GPUs x 2 = 16, the official total batch (4 GPUs: --set batch_size=4).
+    cfg.batch_size = 2
+    return cfg
+
+
+@_preset
+def deim_r50() -> TrainConfig:
+    """DEIM-RT-DETRv2-R50 on COCO, the official 60-epoch recipe without Dense O2O yet (paper: 54.3 AP)."""
+    # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset deim_r50 --data /path/to/coco
+    #   add --set model.pretrained_backbone=true model.backbone_weights=/path/ResNet50_vd_ssld_v2_pretrained.pth
+    #   (the paper's AP needs those weights; from scratch it will fall far short).
+    # Batch arithmetic: 2 images/GPU x 8 GPUs = 16 images/step (official total); 118,287 // 16 = 7,392 steps/epoch,
+    #   60 epochs = 443,520 steps. README scaling rule for another total batch k x 16: lr x k, warm-ups / k.
+    # Schedule: lr 2e-4 (backbone 2e-5, norm layers no decay), quadratic warm-up 2000 steps, flat to epoch 34,
+    #   cosine to 1e-4 at epoch 58, then 1e-4; EMA 0.9999 with 2000-update warm-up; bf16; clip 0.1.
+    # Dense O2O (mosaic/mixup with policy epochs (4, 34, 58)) is not implemented yet: data.mosaic_prob,
+    #   data.mixup_prob and data.policy_epochs stay off, so this preset is the recipe minus Dense O2O
+    #   (expect a lower AP).
+    # Wall time: not measured here (no GPU run yet; benchmarks/bench_deim_r50_gpu.py measures the step time).
+    cfg = _rtdetr_r50_common(TrainConfig(preset="deim_r50"))
+    cfg.model = get_model_preset("deim_r50")  # 42,943,596 parameters, ~137 GFLOPs at 640
+    cfg.loss_class, cfg.lr, cfg.lr_backbone, cfg.epochs = "mal", 2e-4, 2e-5, 60
+    cfg.lr_schedule, cfg.flat_epoch, cfg.no_aug_epoch, cfg.lr_gamma = "flat_cosine", 34, 2, 0.5
+    cfg.data.stop_epoch = 58  # strong augmentations and multi-scale off for the last 2 epochs
+    return cfg
+
+
+@_preset
+def rtdetrv2_r50() -> TrainConfig:
+    """RT-DETRv2-R50 on COCO, the official 72-epoch baseline with VFL (paper: 53.4 AP)."""
+    # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset rtdetrv2_r50 --data /path/to/coco
+    # Batch arithmetic: 2 x 8 = 16 images/step, 7,392 steps/epoch, 72 epochs = 532,224 steps.
+    # Schedule: lr 1e-4 (backbone 1e-5), linear warm-up 2000 steps, then constant (the milestone at epoch 1000
+    #   is never reached); frozen stem and BatchNorm in the backbone; strong augmentations and multi-scale off for
+    #   the last epoch.
+    cfg = _rtdetr_r50_common(TrainConfig(preset="rtdetrv2_r50"))
+    cfg.model = get_model_preset("rtdetrv2_r50")  # 42,891,372 parameters (42,862,860 trainable)
+    cfg.loss_class, cfg.lr, cfg.lr_backbone, cfg.epochs = "vfl", 1e-4, 1e-5, 72
+    cfg.lr_schedule, cfg.lr_milestones, cfg.lr_gamma = "multistep", [1000], 0.1
+    cfg.data.stop_epoch = 71
+    return cfg
