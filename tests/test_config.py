@@ -211,3 +211,19 @@ def test_set_loss_gamma_and_alpha_reach_the_loss():
     assert (vfl.alpha, vfl2.alpha) == (0.75, 0.25) and not torch.allclose(vbase, vchanged)
     with pytest.raises(ConfigError, match="loss_gamma"):
         apply_overrides(get_preset("deim_shapes"), ["loss_gamma=nan"]).validate()
+
+
+def test_configs_saved_before_the_package_layout_still_load_and_are_the_same_recipes():
+    """``tests/data/preset_configs_d1830c7.json``: ``config_to_dict`` of five presets as minidetr d1830c7 (the flat
+    layout, loss numbers written out) saved them in config.json and checkpoints. They load, and resolve to the
+    same run as today's presets (whose loss fields are the recipe's, filled in when a run starts)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    saved = json.loads((Path(__file__).parent / "data" / "preset_configs_d1830c7.json").read_text())
+    for name, d in saved.items():
+        old = resolve_loss(config_from_dict(d))
+        if old.loss_class != "ce":  # d1830c7 wrote eos_coef 0.1 for every loss; only softmax CE ever read it
+            old = dataclasses.replace(old, eos_coef=None)
+        assert old == resolve_loss(get_preset(name)), name
