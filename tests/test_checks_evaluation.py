@@ -5,7 +5,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from minidetr.checks.evaluation import check_ap_at_iou, check_giou, random_detection_case, reference_ap_at_iou
+from minidetr.checks.evaluation import (
+    check_ap_at_iou,
+    check_giou,
+    random_detection_case,
+    reference_ap_at_iou,
+    two_gt_overlap_case,
+)
 
 
 def good_giou(a, b):
@@ -76,6 +82,37 @@ def test_random_cases_are_nontrivial():
 def test_ap_correct_passes(capsys):
     check_ap_at_iou(good_ap)
     assert "✅" in capsys.readouterr().out
+
+
+def first_match_ap(pred_boxes, scores, gt_boxes, iou_threshold):
+    """A plausible mistake: each detection takes the FIRST unmatched GT above the threshold, not the best one."""
+    records, num_gt = [], sum(len(t) for t in gt_boxes)
+    for p, s, t in zip(pred_boxes, scores, gt_boxes, strict=True):
+        order = torch.argsort(s, descending=True, stable=True)
+        iou = box_iou(p[order], t) if len(t) else torch.zeros(len(p), 0)
+        taken = torch.zeros(len(t), dtype=torch.bool)
+        for row, d in enumerate(order.tolist()):
+            free = [j for j in range(len(t)) if not taken[j] and iou[row, j] >= iou_threshold]
+            if free:
+                taken[free[0]] = True
+            records.append((s[d].item(), bool(free)))
+    records.sort(key=lambda r: -r[0])
+    tp, fp = np.cumsum([r[1] for r in records]), np.cumsum([not r[1] for r in records])
+    recall, precision = tp / num_gt, np.maximum.accumulate((tp / np.maximum(tp + fp, 1))[::-1])[::-1]
+    idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
+    return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
+
+
+def test_the_first_gt_above_the_threshold_is_not_the_best_one():
+    preds, scores, gts = two_gt_overlap_case()
+    assert reference_ap_at_iou(preds, scores, gts, 0.3) == 1.0
+    assert first_match_ap(preds, scores, gts, 0.3) < 0.9
+    # the random cases alone did not catch this mistake; the hand-made case does, with its own hint
+    for seed, t in zip(range(6), (0.5, 0.75, 0.5, 0.9, 0.3, 0.6), strict=True):
+        case = random_detection_case(seed, num_gt=(13, 7, 11, 17, 19, 23)[seed])
+        assert first_match_ap(*case, t) == pytest.approx(reference_ap_at_iou(*case, t), abs=1e-6)
+    with pytest.raises(AssertionError, match="HIGHEST"):
+        check_ap_at_iou(first_match_ap)
 
 
 def test_ap_wrong_and_stub_fail():

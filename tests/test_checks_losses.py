@@ -92,6 +92,20 @@ def test_vfl_label_as_target_gets_the_quality_hint():
     assert "expected" in msg and "got" in msg and "index" in msg
 
 
+def test_vfl_in_the_talks_form_gets_the_label_branch_hint():
+    """The VarifocalNet paper and the talk branch on q > 0; RT-DETR's VFL on the label. They differ exactly on a
+    matched query with IoU 0 (the edge case): the grader names that difference."""
+
+    def talks_form(logits, labels, quality, alpha=0.75, gamma=2.0):
+        p, q = torch.sigmoid(logits), quality * labels
+        pos = -q * (q * F.logsigmoid(logits) + (1 - q) * F.logsigmoid(-logits))
+        neg = -alpha * p**gamma * F.logsigmoid(-logits)
+        return torch.where(q > 0, pos, neg)
+
+    with pytest.raises(AssertionError, match="you branched on q > 0"):
+        check_varifocal_loss(talks_form)
+
+
 def test_vfl_wrong_negatives_only():
     def wrong(logits, labels, quality, alpha=0.75, gamma=2.0):
         out = vfl_answer(logits, labels, quality, alpha, gamma)

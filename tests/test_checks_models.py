@@ -11,10 +11,10 @@ from minidetr.checks import ExerciseNotImplemented
 from minidetr.checks.models import check_box_losses, check_sine_position_encoding
 
 
-def sine_from_scratch(height, width, dim, swap=False, cos_freq_shift=False):
+def sine_from_scratch(height, width, dim, swap=False, cos_freq_shift=False, first=1):
     half = dim // 2
-    y = torch.arange(1, height + 1).float() / (height + 1e-6) * 2 * math.pi
-    x = torch.arange(1, width + 1).float() / (width + 1e-6) * 2 * math.pi
+    y = torch.arange(first, height + first).float() / (height + 1e-6) * 2 * math.pi
+    x = torch.arange(first, width + first).float() / (width + 1e-6) * 2 * math.pi
     out = torch.zeros(dim, height, width)
     for c in range(half):
         k = c // 2 + (1 if cos_freq_shift and c % 2 else 0)
@@ -43,8 +43,12 @@ def test_sine_check_rejects_stub_and_wrong_answers():
         check_sine_position_encoding(lambda h, w, d: sine_from_scratch(h, w, d, cos_freq_shift=True))
     with pytest.raises(AssertionError, match="shape"):
         check_sine_position_encoding(lambda h, w, d: sine_from_scratch(h, w, d).permute(1, 2, 0))
-    with pytest.raises(AssertionError, match="count from 1"):  # positions from 0
+    with pytest.raises(AssertionError, match="count from 1"):  # row 0 wrong in another way
         check_sine_position_encoding(lambda h, w, d: sine_from_scratch(h + 1, w + 1, d)[:, :h, :w] * 0 + 0.5)
+    # Positions counted from 0: at height 2, sin(0) and DETR's sin(2*pi * 1/2) are both ~0, so row 0 alone cannot
+    # tell; the grader recognises the whole from-0 encoding and says so.
+    with pytest.raises(AssertionError, match="you counted positions from 0"):
+        check_sine_position_encoding(lambda h, w, d: sine_from_scratch(h, w, d, first=0))
 
 
 def box_losses_from_scratch(pred, target, num_boxes, mean=False, giou_sign=1):

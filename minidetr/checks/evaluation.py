@@ -20,7 +20,7 @@ from torch import Tensor
 from ..boxes import generalized_box_iou
 from ._common import call_learner, expect_tensor, passed
 
-__all__ = ["check_giou", "check_ap_at_iou", "reference_ap_at_iou", "random_detection_case"]
+__all__ = ["check_giou", "check_ap_at_iou", "reference_ap_at_iou", "random_detection_case", "two_gt_overlap_case"]
 
 
 def _random_xyxy(g: torch.Generator, n: int, size: float = 100.0) -> Tensor:
@@ -115,19 +115,31 @@ def random_detection_case(seed: int, num_images: int = 4, num_gt: int = 13) -> t
     return preds, scores, gts
 
 
+def two_gt_overlap_case() -> tuple[list, list, list]:
+    """One image, GT boxes A and B side by side and overlapping. The best detection overlaps both (IoU 0.43 with A,
+    0.82 with B); the second overlaps only A (IoU 0.67). Taking the best unmatched GT pairs them up (AP 1); taking
+    the first GT above a 0.3 threshold gives the best detection A and leaves the second a false positive."""
+    gts = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]], dtype=torch.float64)]
+    preds = [torch.tensor([[4.0, 0.0, 14.0, 10.0], [-2.0, 0.0, 8.0, 10.0]], dtype=torch.float64)]
+    return preds, [torch.tensor([0.9, 0.8], dtype=torch.float64)], gts
+
+
 def check_ap_at_iou(fn: Callable[[list, list, list, float], float]) -> None:
     """``fn(pred_boxes, scores, gt_boxes, iou_threshold) -> float`` must equal COCOeval's single-class AP."""
+    preds, scores, gts = two_gt_overlap_case()
+    expected = reference_ap_at_iou(preds, scores, gts, 0.3)
+    got = _learner_ap(fn, preds, scores, gts, 0.3)
+    if not abs(got - expected) <= 1e-6:
+        raise AssertionError(
+            f"a detection that overlaps two ground-truth boxes (two_gt_overlap_case(), iou_threshold=0.3): COCOeval "
+            f"gives AP {expected:.6f}, got {got:.6f}. Hint: a detection takes the unmatched GT box with the HIGHEST "
+            "IoU (if that IoU >= threshold), not the first one above the threshold"
+        )
     cases = [(s, t) for s, t in zip(range(6), (0.5, 0.75, 0.5, 0.9, 0.3, 0.6), strict=True)]
     for seed, threshold in cases:
         preds, scores, gts = random_detection_case(seed, num_gt=(13, 7, 11, 17, 19, 23)[seed])
         expected = reference_ap_at_iou(preds, scores, gts, threshold)
-        got = call_learner(
-            fn, [p.clone() for p in preds], [s.clone() for s in scores], [t.clone() for t in gts], threshold
-        )
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            raise AssertionError(f"the AP function should return a float, got {type(got).__name__}") from None
+        got = _learner_ap(fn, preds, scores, gts, threshold)
         if not abs(got - expected) <= 1e-6:
             raise AssertionError(
                 f"case seed={seed}, iou_threshold={threshold} ({len(gts)} images, {sum(len(t) for t in gts)} GT boxes, "
@@ -137,4 +149,12 @@ def check_ap_at_iou(fn: Callable[[list, list, list, float], float]) -> None:
                 "non-increasing from the right; average it at recalls np.linspace(0, 1, 101) found with "
                 "np.searchsorted(recall, r, side='left'), counting 0 beyond the largest recall"
             )
-    passed(f"check_ap_at_iou: your AP equals pycocotools' COCOeval on {len(cases)} cases")
+    passed(f"check_ap_at_iou: your AP equals pycocotools' COCOeval on {len(cases) + 1} cases")
+
+
+def _learner_ap(fn: Callable, preds: list, scores: list, gts: list, threshold: float) -> float:
+    got = call_learner(fn, [p.clone() for p in preds], [s.clone() for s in scores], [t.clone() for t in gts], threshold)
+    try:
+        return float(got)
+    except (TypeError, ValueError):
+        raise AssertionError(f"the AP function should return a float, got {type(got).__name__}") from None

@@ -183,7 +183,14 @@ def check_varifocal_loss(fn: Callable[..., Tensor]) -> None:
     def no_alpha(x, y, q, alpha, gamma):
         return losses.varifocal_loss(x, y, q, alpha=1.0, gamma=gamma)
 
+    def branch_on_quality(x, y, q, alpha, gamma):  # the VarifocalNet paper's / the talk's form: q > 0 vs q = 0
+        positive = (q * y) > 0
+        return torch.where(positive, q * _bce(x, q * y), alpha * torch.sigmoid(x).pow(gamma) * _bce(x, 0 * y))
+
     mistakes = {
+        "you branched on q > 0, as the VarifocalNet paper and the talk write VFL. RT-DETR's VFL (and this "
+        "exercise) branches on the label: a matched query (labels = 1) with IoU q = 0 is still a positive, whose "
+        "loss -q (q log p + (1 - q) log(1 - p)) is 0, not a negative's -alpha p^gamma log(1 - p).": branch_on_quality,
         "did you use the quality as the positive target? The target of a positive is q (its IoU), not 1.": label_target,
         "the positive term is scaled by q as well: -q (q log p + (1 - q) log(1 - p)).": unweighted_pos,
         "the negatives are -alpha p^gamma log(1 - p): did you forget alpha?": no_alpha,
