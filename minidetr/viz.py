@@ -98,14 +98,22 @@ def _widget(name: str, spec: Any, value: Any) -> Any:
     return w.Dropdown(options=list(spec), value=value, description=name)
 
 
-def interactive(plot_fn: Callable[..., Any], *, static: bool | None = None, **controls: Any) -> None:
-    """Show ``plot_fn`` with a control per keyword, or draw it once with the defaults when headless.
+def interactive(
+    plot_fn: Callable[..., Any],
+    *,
+    static: bool | None = None,
+    small_multiples: Mapping[str, Sequence[Any]] | None = None,
+    **controls: Any,
+) -> None:
+    """Show ``plot_fn`` with a control per keyword, or draw it with fixed values when headless.
 
     ``controls``: ``name=(min, max, step, value)`` (or ``(min, max[, step])``) for a slider, ``name=[options]``
     for a dropdown, ``name=True/False`` for a checkbox, a plain value to fix it, or any ipywidgets widget.
     Without an explicit value a control starts at ``plot_fn``'s default. ``static=True/False`` overrides the
     detection of :func:`live_frontend`. ``plot_fn`` draws with matplotlib (a new figure per call).
-    Returns None so a notebook cell ending with this call does not print an extra object.
+    Headless (the committed notebook), it draws once with the defaults; with ``small_multiples={"gamma": [0, 1,
+    2, 5]}`` it draws once per listed value instead (the other controls at their defaults), so the static page
+    shows what the slider would. Returns None so a cell ending with this call does not print an extra object.
     """
     fn_defaults = {
         k: p.default
@@ -119,17 +127,28 @@ def interactive(plot_fn: Callable[..., Any], *, static: bool | None = None, **co
 
         ipywidgets.interact(plot_fn, **{k: _widget(k, spec, values[k]) for k, spec in controls.items()})
         return None
-    plot_fn(**values)
+    (name, options), *more = (small_multiples or {None: [None]}).items()
+    if more:
+        raise ValueError(f"small_multiples takes one control, got {list(small_multiples)}")
+    if name is not None and name not in controls:
+        raise ValueError(f"small_multiples names {name!r}, which is not a control; controls: {list(controls)}")
+    for option in options:
+        plot_fn(**(values if name is None else {**values, name: option}))
     return None
 
 
 def plot_loss_vs_p(
-    curves: Mapping[str, Callable[[torch.Tensor], torch.Tensor]], title: str = "", num: int = 400
+    curves: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    title: str = "",
+    num: int = 400,
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Figure:
     """Loss and its gradient w.r.t. the logit against ``p = sigmoid(logit)``, one line per named curve.
 
     Each callable maps a float64 logits tensor ``[N]`` to the element-wise loss ``[N]``. The gradient is taken
     w.r.t. the logit because that is what back-propagates into the network (``dL/dx = dL/dp * p (1 - p)``).
+    ``styles``: matplotlib line keywords per curve name, e.g. ``{"VFL": {"ls": "--"}}`` so that two curves that
+    coincide stay visible.
     """
     p = torch.linspace(1e-3, 1 - 1e-3, num, dtype=torch.float64)
     fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -137,8 +156,9 @@ def plot_loss_vs_p(
         x = torch.logit(p).requires_grad_(True)
         loss = fn(x)
         (grad,) = torch.autograd.grad(loss.sum(), x)
-        ax_l.plot(p, loss.detach(), label=name)
-        ax_g.plot(p, grad, label=name)
+        style = dict((styles or {}).get(name, {}))
+        ax_l.plot(p, loss.detach(), label=name, **style)
+        ax_g.plot(p, grad, label=name, **style)
     ax_l.set(xlabel="p = sigmoid(logit)", ylabel="loss", ylim=(0, None), title=title or "loss")
     ax_g.axhline(0, color="gray", lw=0.5)
     ax_g.set(xlabel="p = sigmoid(logit)", ylabel="dL / dlogit", title="gradient (what training sees)")
@@ -226,18 +246,24 @@ def plot_loss_curves(
     return fig
 
 
-def loss_curve_explorer(run_dirs: Any, kind: str | None = "train", static: bool | None = None) -> None:
-    """Interactive :func:`plot_loss_curves`: dropdown for the loss term, slider for smoothing, checkbox for log-y.
+def loss_curve_explorer(
+    run_dirs: Any, kind: str | None = None, static: bool | None = None, key: str | None = None, x: str = "step"
+) -> None:
+    """Interactive :func:`plot_loss_curves`: dropdowns for the metric and the x axis, a smoothing slider, log-y.
 
-    ``run_dirs``: a run folder, a list of them, or ``{name: folder | metrics.jsonl | records}``. The files are
-    read once. Headless, it draws the ``loss`` curve (or the first key) unsmoothed.
+    ``run_dirs``: a run folder, a list of them, or ``{name: folder | metrics.jsonl | records}``; the files are read
+    once. Every numeric metric of the records can be picked: the train records' loss terms and lr, and (with the
+    default ``kind=None``) the eval records' COCO stats (``AP``, ``AP50``, ``AP_S``, ...). ``key`` and ``x`` are where
+    the controls start, and what is drawn headless (default: ``loss``, or the first key).
     """
     data = _load_runs(run_dirs, kind)
     keys = metric_keys(data)
     if not keys:
         raise ValueError(f"no numeric metrics in {list(data)}; is metrics.jsonl empty?")
+    if key is not None and key not in keys:
+        raise ValueError(f"key={key!r} is not in these runs; available: {keys}")
 
-    def show(key: str = keys[0], smooth: float = 0.0, log_y: bool = False) -> None:
-        plot_loss_curves(data, keys=[key], smooth=smooth, log_y=log_y, kind=None)
+    def show(key: str = key or keys[0], x: str = x, smooth: float = 0.0, log_y: bool = False) -> None:
+        plot_loss_curves(data, keys=[key], smooth=smooth, x=x, log_y=log_y, kind=None)
 
-    interactive(show, static=static, key=keys, smooth=(0.0, 0.99, 0.01, 0.0), log_y=False)
+    interactive(show, static=static, key=keys, x=list(_X_KEYS), smooth=(0.0, 0.99, 0.01, 0.0), log_y=False)

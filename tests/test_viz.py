@@ -161,7 +161,28 @@ def test_loss_curve_explorer_live_widgets(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(ipywidgets, "interact", lambda fn, **w: seen.update(w, fn=fn))
     viz.loss_curve_explorer({"only": _write_run(tmp_path / "r")}, static=False)
-    assert list(seen["key"].options) == ["loss", "loss_bbox", "loss_ce"]
+    assert list(seen["key"].options) == ["loss", "loss_bbox", "loss_ce", "AP"]  # the eval records' AP too
+    assert list(seen["x"].options) == ["step", "epoch"]
     assert isinstance(seen["smooth"], ipywidgets.FloatSlider) and isinstance(seen["log_y"], ipywidgets.Checkbox)
-    seen["fn"](key="loss_ce", smooth=0.3, log_y=True)  # what moving the controls does
+    seen["fn"](key="loss_ce", x="step", smooth=0.3, log_y=True)  # what moving the controls does
     assert plt.gcf().axes[0].get_title() == "loss_ce" and plt.gcf().axes[0].get_yscale() == "log"
+    seen["fn"](key="AP", x="epoch", smooth=0.0, log_y=False)
+    ax = plt.gcf().axes[0]
+    assert ax.get_title() == "AP" and ax.get_xlabel() == "epoch" and list(ax.lines[0].get_xdata()) == [0, 1, 2, 3]
+
+
+def test_loss_curve_explorer_starts_where_asked(tmp_path):
+    viz.loss_curve_explorer(_write_run(tmp_path / "r"), key="AP", x="epoch")
+    assert plt.gcf().axes[0].get_title() == "AP" and plt.gcf().axes[0].get_xlabel() == "epoch"
+    with pytest.raises(ValueError, match="AP75"):
+        viz.loss_curve_explorer(_write_run(tmp_path / "s"), key="AP75")
+
+
+def test_static_small_multiples_draw_one_figure_per_value():
+    calls = []
+    viz.interactive(
+        lambda a=0.3, g=2.0: calls.append((a, g)), small_multiples={"g": [0, 1, 2, 5]}, a=(0.0, 1.0), g=(0.0, 5.0)
+    )
+    assert calls == [(0.3, 0), (0.3, 1), (0.3, 2), (0.3, 5)]
+    with pytest.raises(ValueError, match="not a control"):
+        viz.interactive(lambda a=0.3: None, small_multiples={"b": [1]}, a=(0.0, 1.0))
