@@ -7,9 +7,12 @@ Built on torchvision's ``CocoDetection`` (image loading) with transforms v2 and 
   names the file and lists every fatal problem;
 - contiguous training labels ``0..K-1`` and ``label_to_category_id`` to map predictions back to the dataset's ids;
 - crowd boxes left out of the targets (COCOeval handles them as "ignore" regions, training should not chase them);
-- boxes clipped to the image, those under a pixel after clipping dropped with a logged count (negative or
-  non-finite sizes are errors: they usually mean a wrong box format);
-- every image converted to RGB (grayscale, RGBA, palette PNG), and images without annotations kept as negatives.
+- boxes clipped to the image, those under a pixel after clipping dropped (negative or non-finite sizes are
+  errors: they usually mean a wrong box format); one warning line per dataset counts the crowd, clipped and
+  dropped boxes, and ``coco`` (the ground truth to evaluate with) leaves the dropped boxes out too;
+- every image converted to 8-bit RGB (grayscale, RGBA, palette, 16-bit PNG: :mod:`minidetr.data.images`),
+  and images without annotations kept as negatives;
+- :func:`check_same_categories` for a train/val pair (labels are contiguous per file).
 
 Target contract (what the models, criterion and evaluator expect):
 ``labels`` int64 [T], ``boxes`` float32 [T, 4] normalised cxcywh in the transformed image, ``image_id`` int,
