@@ -90,6 +90,7 @@ def test_non_integer_fields_are_refused_with_the_field_named(tmp_path, section, 
     ann.write_text(json.dumps(data))
     report = check_dataset(ann, tmp_path / "images")
     assert "bad_type" in report.errors, report.format()
+    assert report.stats["num_crowd"] == 0  # "0", False, 2: not counted as crowd either
     assert f"{key!r} is {value!r}" in report.format() or f"'{key}' is {value}" in report.format()
     with pytest.raises(DatasetError, match=f"bad_type: .*{section}.*'{key}'") as info:
         CocoDetection(tmp_path / "images", ann)

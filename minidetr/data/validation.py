@@ -163,11 +163,11 @@ def check_annotations(data: dict[str, Any], report: Report) -> None:
             continue
         if "area" not in a:
             report.add("missing_area", name)
-        if a.get("iscrowd", 0):
+        if a.get("iscrowd", 0) == 1 and _is_int(a["iscrowd"]):
             continue  # crowd regions are ignored by COCOeval and left out of training: no size checks
         per_image[a.get("image_id")] += 1
         _check_box_in_image(a, x, y, w, h, images.get(a.get("image_id")), report)
-    num_crowd = sum(1 for a in anns if a.get("iscrowd", 0))
+    num_crowd = sum(1 for a in anns if a.get("iscrowd", 0) == 1 and _is_int(a["iscrowd"]))
     report.stats.update(num_images=len(data["images"]), num_annotations=len(anns), num_crowd=num_crowd,
                         num_categories=len(data["categories"]),
                         images_without_boxes=sum(1 for i in images if per_image[i] == 0),
