@@ -87,7 +87,8 @@ class CocoEvaluator:
     ``ann_file_or_coco``: the ground-truth annotation file, a loaded pycocotools ``COCO`` (e.g.
     ``dataset.coco``) or the annotation dict itself. ``label_to_category_id[label]`` is the dataset's id of
     contiguous class ``label``. Only the images passed to :meth:`update` are evaluated, so a subset of the
-    val set can be scored.
+    val set can be scored. ``dataset.coco`` is the ground truth the loader kept (its dropped boxes left out);
+    a file path scores against the file as it is.
     """
 
     def __init__(

@@ -18,12 +18,16 @@ from .boxes import batched_generalized_box_iou, box_cxcywh_to_xyxy
 __all__ = ["hungarian", "HungarianMatcher", "SOLVERS"]
 
 
-def hungarian(cost) -> tuple[np.ndarray, np.ndarray]:
+def hungarian(cost, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Minimum-cost assignment of rows to columns, O(n^3): the Hungarian method with potentials.
 
-    ``cost``: array-like ``[n, m]`` of finite numbers, any orientation. Returns ``(row_ind, col_ind)``
-    like ``scipy.optimize.linear_sum_assignment``: ``min(n, m)`` pairs, ``row_ind`` ascending, and
-    ``cost[row_ind, col_ind].sum()`` is the smallest possible total.
+    ``cost``: array-like ``[n, m]``, any orientation. Returns ``(row_ind, col_ind)`` like
+    ``scipy.optimize.linear_sum_assignment``, whose contract this follows: ``min(n, m)`` pairs, ``row_ind``
+    ascending, and ``cost[row_ind, col_ind].sum()`` is the smallest possible total (the largest with
+    ``maximize=True``). ``+inf`` (``-inf`` when maximizing) marks a forbidden pair: the result avoids them, and
+    ``ValueError("cost matrix is infeasible")`` when every assignment uses one. NaN, ``-inf`` (``+inf`` when
+    maximizing), arrays whose dtype does not cast safely to float64 (strings, complex) and non-2-D input are
+    refused with scipy's error types.
 
     The method keeps a price ``u[i]`` per row and ``v[j]`` per column with ``u[i] + v[j] <= cost[i, j]``
     everywhere. A cell where the two are equal is "tight" (a zero of the reduced matrix
@@ -33,11 +37,9 @@ def hungarian(cost) -> tuple[np.ndarray, np.ndarray]:
     the tree reaches an unassigned column, we flip the path of assignments (augment). Each row costs at
     most ``m`` steps of ``O(m)`` work, so ``O(n^2 m)`` in all.
     """
-    cost = np.asarray(cost, dtype=np.float64)
-    if cost.ndim != 2:
-        raise ValueError(f"cost must be a 2-D matrix, got shape {cost.shape}")
-    if not np.isfinite(cost).all():
-        raise ValueError("cost contains NaN or infinity; replace them (e.g. np.nan_to_num) before matching")
+    cost = _as_cost_matrix(cost)
+    if maximize:
+        cost = -cost
     transposed = cost.shape[0] > cost.shape[1]
     if transposed:  # the method adds rows one by one and needs rows <= columns
         cost = cost.T
@@ -45,6 +47,7 @@ def hungarian(cost) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty.copy()
+    _check_entries(cost)
 
     # Index 0 is a virtual column used as the root of each search: column j >= 1 is cost[:, j - 1].
     u = np.zeros(n + 1)  # row prices
@@ -68,6 +71,8 @@ def hungarian(cost) -> tuple[np.ndarray, np.ndarray]:
             candidates = np.where(visited[1:], np.inf, min_reduced[1:])
             j1 = int(np.argmin(candidates)) + 1
             delta = candidates[j1 - 1]
+            if delta == np.inf:  # every column left is forbidden from the tree: row i cannot be placed
+                raise ValueError("cost matrix is infeasible: no assignment avoids its infinite entries")
             # Adjust prices: visited rows go up, visited columns go down, so tight cells stay tight.
             u[row_of[visited]] += delta
             v[visited] -= delta
@@ -86,6 +91,24 @@ def hungarian(cost) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = cols, rows
     order = np.argsort(rows)
     return rows[order].astype(np.int64), cols[order].astype(np.int64)
+
+
+def _as_cost_matrix(cost) -> np.ndarray:
+    """float64 copy of ``cost`` after scipy's input rules (lists convert, arrays must cast safely)."""
+    if isinstance(cost, np.ndarray) and not np.can_cast(cost.dtype, np.float64, "safe"):
+        raise TypeError(f"Cannot cast array data from {cost.dtype!r} to dtype('float64') according to the rule 'safe'")
+    cost = np.array(cost, dtype=np.float64)  # a list of numeric strings parses, as in scipy; always a copy
+    if cost.ndim != 2:
+        raise ValueError(f"expected a matrix (2-D array), got a {cost.ndim}-D array of shape {cost.shape}")
+    return cost
+
+
+def _check_entries(cost: np.ndarray) -> None:
+    if np.isnan(cost).any() or np.isneginf(cost).any():
+        raise ValueError(
+            "matrix contains invalid numeric entries: NaN or infinity of the wrong sign (NaN or -inf; +inf with "
+            "maximize=True); replace them (e.g. np.nan_to_num) before matching"
+        )
 
 
 def _scipy_solver(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

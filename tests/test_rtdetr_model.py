@@ -11,6 +11,7 @@ from minidetr.models import build_model
 from minidetr.models.rtdetr import (
     AIFI,
     CSPRepLayer,
+    HybridEncoder,
     PResNet,
     RTDETRConfig,
     TorchvisionResNet,
@@ -146,6 +147,17 @@ def test_anchor_counts_match_official(size, total, valid):
     assert torch.isinf(anchors[~mask[..., 0]]).all()
     first = anchors[0, size // 8 + 1].sigmoid()  # row 1, col 1 of the finest level
     torch.testing.assert_close(first, torch.tensor([1.5 * 8 / size, 1.5 * 8 / size, 0.05, 0.05]))
+
+
+def test_hybrid_encoder_feeds_contiguous_aifi_output_to_its_convs():
+    """The official code calls .contiguous() after the AIFI reshape; a strided conv input takes other kernels,
+    and the outputs then differ from the official ones at float32 rounding."""
+    enc = HybridEncoder((8, 16, 32), dim=16, num_heads=2, ffn_dim=32, num_blocks=1).eval()
+    seen = []
+    enc.lateral_convs[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        enc([torch.randn(2, c, s, s + 1) for c, s in ((8, 16), (16, 8), (32, 4))])
+    assert seen == [True]
 
 
 def test_sincos_embedding_follows_row_major_tokens():

@@ -10,7 +10,7 @@ Typical use::
 
 from __future__ import annotations
 
-from .coco import CocoDetection, DatasetError, load_coco_json
+from .coco import CocoDetection, DatasetError, check_same_categories, load_coco_json
 from .loader import MultiScaleCollate, build_dataloader, collate_fn, set_epoch
 from .shapes import ShapesPaths, ensure_shapes, generate
 from .transforms import DetectionTransforms, build_transforms
@@ -23,6 +23,7 @@ __all__ = [
     "ShapesPaths",
     "build_dataloader",
     "build_transforms",
+    "check_same_categories",
     "collate_fn",
     "ensure_shapes",
     "generate",

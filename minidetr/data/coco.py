@@ -7,9 +7,12 @@ Built on torchvision's ``CocoDetection`` (image loading) with transforms v2 and 
   names the file and lists every fatal problem;
 - contiguous training labels ``0..K-1`` and ``label_to_category_id`` to map predictions back to the dataset's ids;
 - crowd boxes left out of the targets (COCOeval handles them as "ignore" regions, training should not chase them);
-- boxes clipped to the image, those under a pixel after clipping dropped with a logged count (negative or
-  non-finite sizes are errors: they usually mean a wrong box format);
-- every image converted to RGB (grayscale, RGBA, palette PNG), and images without annotations kept as negatives.
+- boxes clipped to the image, those under a pixel after clipping dropped (negative or non-finite sizes are
+  errors: they usually mean a wrong box format); one warning line per dataset counts the crowd, clipped and
+  dropped boxes, and ``coco`` (the ground truth to evaluate with) leaves the dropped boxes out too;
+- every image converted to 8-bit RGB (grayscale, RGBA, palette, 16-bit PNG: :mod:`minidetr.data.images`),
+  and images without annotations kept as negatives;
+- :func:`check_same_categories` for a train/val pair (labels are contiguous per file).
 
 Target contract (what the models, criterion and evaluator expect):
 ``labels`` int64 [T], ``boxes`` float32 [T, 4] normalised cxcywh in the transformed image, ``image_id`` int,
@@ -36,9 +39,10 @@ from torchvision import tv_tensors
 from torchvision.datasets import VisionDataset
 from torchvision.transforms.v2 import functional as F
 
+from .images import ImageFileError, read_rgb
 from .validation import DatasetError, check_dataset
 
-__all__ = ["DatasetError", "CocoDetection", "load_coco_json"]
+__all__ = ["DatasetError", "CocoDetection", "check_same_categories", "load_coco_json"]
 
 logger = logging.getLogger("minidetr.data")
 
@@ -71,57 +75,66 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         data = report.data
         for ann in data["annotations"]:  # COCOeval needs 'area'; some exporters leave it out
             ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
+        self.ids = sorted(im["id"] for im in data["images"])
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        self.label_to_category_id: list[int] = sorted(names)
+        self.category_id_to_label = {cid: i for i, cid in enumerate(self.label_to_category_id)}
+        self.class_names: list[str] = [names[c] for c in self.label_to_category_id]
+        self.num_classes = len(self.label_to_category_id)
+        self._targets, dropped = self._clean_targets(data)
+        # The ground truth COCOeval scores against (``self.coco``) is the one training sees: the dropped boxes are
+        # out of it too, so "dropped" in the log and the score agree. Crowd boxes stay (COCOeval ignores them);
+        # clipped boxes keep the file's coordinates.
         self.coco = COCO()
-        self.coco.dataset = data
+        self.coco.dataset = {**data, "annotations": [a for a in data["annotations"] if id(a) not in dropped]}
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco.createIndex()
-        self.ids = sorted(self.coco.imgs.keys())
-        self.label_to_category_id: list[int] = sorted(self.coco.cats.keys())
-        self.category_id_to_label = {cid: i for i, cid in enumerate(self.label_to_category_id)}
-        self.class_names: list[str] = [self.coco.cats[c]["name"] for c in self.label_to_category_id]
-        self.num_classes = len(self.label_to_category_id)
-        self._targets = self._clean_targets()
         self.transforms = transforms  # set after super's init: VisionDataset would wrap it otherwise
 
-    def _clean_targets(self) -> dict[int, tuple[Tensor, Tensor]]:
-        """Per image: xyxy boxes [T, 4] clipped to the image and labels [T], crowds and degenerate boxes out."""
+    def _clean_targets(self, data: dict[str, Any]) -> tuple[dict[int, tuple[Tensor, Tensor]], set[int]]:
+        """Per image: xyxy boxes [T, 4] clipped to the image and labels [T], crowds and degenerate boxes out;
+        also the ``id()`` of every dropped annotation. Logs one warning line per dataset with every count."""
+        images = {im["id"]: im for im in data["images"]}
         targets: dict[int, tuple[list, list]] = {i: ([], []) for i in self.ids}
         dropped: list[dict[str, Any]] = []
-        num_crowd = 0
-        for ann in self.coco.dataset["annotations"]:
+        num_crowd = num_clipped = 0
+        for ann in data["annotations"]:
             if ann.get("iscrowd", 0):
                 num_crowd += 1
                 continue
-            img = self.coco.imgs[ann["image_id"]]
+            img = images[ann["image_id"]]
             x, y, w, h = (float(v) for v in ann["bbox"])
             x0, y0 = max(x, 0.0), max(y, 0.0)
             x1, y1 = min(x + w, float(img.get("width", math.inf))), min(y + h, float(img.get("height", math.inf)))
             if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 - x0 < 1 or y1 - y0 < 1:
                 dropped.append(ann)
                 continue
+            num_clipped += (x0, y0, x1, y1) != (x, y, x + w, y + h)
             targets[ann["image_id"]][0].append([x0, y0, x1, y1])
             targets[ann["image_id"]][1].append(self.category_id_to_label[ann["category_id"]])
+        counts = []
         if dropped:
             a = dropped[0]
-            logger.warning(
-                "dropped %d degenerate box(es) in %s (first: ann id %s, image %s, box %s)",
-                len(dropped), self.ann_file.name, a.get("id"), a.get("image_id"), a.get("bbox"),
-            )  # fmt: skip
+            counts.append(f"dropped {len(dropped)} degenerate box(es) from training and evaluation (first: ann id "
+                          f"{a.get('id')}, image {a.get('image_id')}, box {a.get('bbox')})")  # fmt: skip
+        if num_clipped:
+            counts.append(f"clipped {num_clipped} box(es) to the image for training")
         if num_crowd:
-            logger.info("left %d crowd box(es) in %s out of the training targets", num_crowd, self.ann_file.name)
+            counts.append(f"left {num_crowd} crowd box(es) out of the training targets (COCOeval ignores them)")
+        if counts:
+            logger.warning("%s: %s", self.ann_file.name, "; ".join(counts))
         return {
             i: (torch.tensor(b, dtype=torch.float32).reshape(-1, 4), torch.tensor(lab, dtype=torch.int64))
             for i, (b, lab) in targets.items()
-        }
+        }, {id(a) for a in dropped}
 
     def _load_image(self, id: int) -> Image.Image:
         path = Path(self.root) / self.coco.imgs[id]["file_name"]
         try:
-            with Image.open(path) as im:
-                pil = im.convert("RGB")  # grayscale, RGBA and palette PNGs all become 3-channel RGB
-        except (OSError, ValueError) as e:
+            pil, _ = read_rgb(path)  # 16-bit scaled to 8 bits; tiny and over-PIL-limit images refused
+        except ImageFileError as e:
             raise DatasetError(
-                f"cannot read image {path} (image id {id} in {self.ann_file}): {e}; re-download or re-export it; "
+                f"{e} (image id {id} in {self.ann_file}); "
                 f"list every such file: python -m minidetr.data.check --ann {self.ann_file} --images {self.root}"
             ) from e
         info = self.coco.imgs[id]
@@ -165,3 +178,23 @@ class CocoDetection(torchvision.datasets.CocoDetection):
     def __repr__(self) -> str:
         return (f"CocoDetection({len(self)} images, {self.num_classes} classes, images={self.root}, "
                 f"ann={self.ann_file})")  # fmt: skip
+
+
+def check_same_categories(train_set: CocoDetection, val_set: CocoDetection) -> None:
+    """Raise :class:`DatasetError` unless both datasets have the same categories (ids and names).
+
+    Labels are contiguous per file (``0..K-1`` over the sorted ids): with other categories in the val file, a
+    model's label would be written, and scored, as another class, silently.
+    """
+    train = dict(zip(train_set.label_to_category_id, train_set.class_names, strict=True))
+    val = dict(zip(val_set.label_to_category_id, val_set.class_names, strict=True))
+    if train == val:
+        return
+    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+    renamed = [f"{c}: {train[c]!r} vs {val[c]!r}" for c in sorted(set(train) & set(val)) if train[c] != val[c]]
+    diff = [f"ids only in train {only_train}" if only_train else "", f"ids only in val {only_val}" if only_val else "",
+            f"names differ ({', '.join(renamed)})" if renamed else ""]  # fmt: skip
+    raise DatasetError(
+        f"the categories of {val_set.ann_file} differ from those of {train_set.ann_file}: "
+        f"{'; '.join(d for d in diff if d)}; give both files the same 'categories' list (the train file's)"
+    )

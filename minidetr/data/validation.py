@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from .images import SIXTEEN_BIT_MODES, ImageFileError, read_rgb, too_small
+from .problems import PROBLEM_KINDS, DatasetError
 
 __all__ = [
     "DatasetError",
@@ -35,62 +36,6 @@ __all__ = [
 SHOW = 3  # examples listed per kind of problem
 
 
-class DatasetError(ValueError):
-    """A dataset on disk cannot be used as given; the message names the file, the problem and the fix."""
-
-
-# kind -> (fatal for the loader, what it is, what to do). Order = the order a report lists them in.
-PROBLEM_KINDS: dict[str, tuple[bool, str, str]] = {
-    "missing_file": (True, "annotation file does not exist", "check the --ann/--data path and the file name"),
-    "invalid_json": (True, "annotation file is not valid JSON", "it may be truncated: download or export it again"),
-    "not_coco": (
-        True,
-        "not a COCO detection file",
-        "a COCO file (instances_*.json) is a dict with lists 'images', 'annotations' and 'categories'",
-    ),
-    "missing_key": (
-        True,
-        "entries lacking a required key",
-        "images need id and file_name; annotations id, image_id, category_id and bbox; categories id and name",
-    ),
-    "bad_bbox": (True, "annotations whose 'bbox' is not 4 numbers", "COCO boxes are [x, y, width, height]"),
-    "invalid_box": (
-        True,
-        "boxes with a negative or non-finite width/height",
-        "COCO boxes are [x, y, width, height], not [x0, y0, x1, y1]: convert them, or remove these annotations",
-    ),
-    "duplicate_id": (True, "duplicate ids", "every image, annotation and category needs its own id: renumber them"),
-    "unknown_image_id": (True, "annotations whose image_id is not in 'images'", "fix or remove those annotations"),
-    "unknown_category_id": (
-        True,
-        "annotations whose category_id is not in 'categories'",
-        "add the category or remove those annotations",
-    ),
-    "empty_dataset": (True, "empty dataset", "a dataset needs images, categories and annotations"),
-    "missing_images_dir": (True, "image folder does not exist", "check the --images/--data path"),
-    "missing_image": (
-        True,
-        "images listed in the annotation file are missing from the image folder",
-        "check that the image folder matches the annotation file",
-    ),
-    "unreadable_image": (True, "image files that cannot be decoded", "re-download or re-export those files"),
-    "size_mismatch": (
-        True,
-        "images whose width/height in the JSON differ from the file's",
-        "boxes use the JSON's size: fix 'width'/'height' or use the original images",
-    ),
-    "degenerate_box": (
-        False,
-        "boxes under 1 pixel wide or high (after clipping to the image)",
-        "training drops them; fix or remove them",
-    ),
-    "box_outside_image": (
-        False,
-        "boxes reaching more than 1 pixel outside their image",
-        "training clips them to the image; check the box format and the image size",
-    ),
-    "missing_area": (False, "annotations without 'area'", "the loader uses width * height (COCOeval needs it)"),
-}
 _OUTSIDE_TOLERANCE = 1.0  # pixels: exporters round, so overshooting by a fraction of a pixel is not a problem
 
 
@@ -190,20 +135,21 @@ def check_annotations(data: dict[str, Any], report: Report) -> None:
                 continue
             lacking = [k for k in keys if k not in entry]
             if lacking:
-                report.add("missing_key", f"{section}[{i}] (id {entry.get('id')}) lacks {lacking}")
-            if "id" in entry:
+                report.add("missing_key", f"{section}[{i}] (id {entry.get('id')!r}) lacks {lacking}")
+            _check_types(section, i, entry, report)
+            if _is_int(entry.get("id")):
                 if entry["id"] in seen:
                     report.add("duplicate_id", f"{section} id {entry['id']}")
                 seen.add(entry["id"])
-    images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and "id" in im}
-    cat_ids = {c["id"] for c in data["categories"] if isinstance(c, dict) and "id" in c}
+    images = {im["id"]: im for im in data["images"] if isinstance(im, dict) and _is_int(im.get("id"))}
+    cat_ids = {c["id"] for c in data["categories"] if isinstance(c, dict) and _is_int(c.get("id"))}
     anns = [a for a in data["annotations"] if isinstance(a, dict)]
     per_image: Counter = Counter()
     for a in anns:
         name = f"ann id {a.get('id')}"
-        if "image_id" in a and a["image_id"] not in images:
+        if _is_int(a.get("image_id")) and a["image_id"] not in images:
             report.add("unknown_image_id", f"{name} -> image_id {a['image_id']}")
-        if "category_id" in a and a["category_id"] not in cat_ids:
+        if _is_int(a.get("category_id")) and a["category_id"] not in cat_ids:
             report.add("unknown_category_id", f"{name} -> category_id {a['category_id']}")
         if "bbox" not in a:
             continue
@@ -217,11 +163,11 @@ def check_annotations(data: dict[str, Any], report: Report) -> None:
             continue
         if "area" not in a:
             report.add("missing_area", name)
-        if a.get("iscrowd", 0):
+        if a.get("iscrowd", 0) == 1 and _is_int(a["iscrowd"]):
             continue  # crowd regions are ignored by COCOeval and left out of training: no size checks
         per_image[a.get("image_id")] += 1
         _check_box_in_image(a, x, y, w, h, images.get(a.get("image_id")), report)
-    num_crowd = sum(1 for a in anns if a.get("iscrowd", 0))
+    num_crowd = sum(1 for a in anns if a.get("iscrowd", 0) == 1 and _is_int(a["iscrowd"]))
     report.stats.update(num_images=len(data["images"]), num_annotations=len(anns), num_crowd=num_crowd,
                         num_categories=len(data["categories"]),
                         images_without_boxes=sum(1 for i in images if per_image[i] == 0),
@@ -229,6 +175,29 @@ def check_annotations(data: dict[str, Any], report: Report) -> None:
     empty = [k for k in ("images", "categories", "annotations") if not data[k]]
     if empty:
         report.add("empty_dataset", f"{report.ann_file} has no {' and no '.join(empty)}")
+
+
+_INT_FIELDS = {"images": ("id", "width", "height"), "annotations": ("id", "image_id", "category_id", "iscrowd"),
+               "categories": ("id",)}  # fmt: skip
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(section: str, i: int, entry: dict, report: Report) -> None:
+    """Integer fields that are strings, booleans, floats, ...; iscrowd not 0/1; a JSON width/height too small."""
+    where = f"{section}[{i}]" + (f" (id {entry['id']})" if _is_int(entry.get("id")) else "")
+    for key in _INT_FIELDS[section]:
+        if key in entry and not _is_int(entry[key]):
+            report.add("bad_type", f"{where} {key!r} is {entry[key]!r} (a {type(entry[key]).__name__})")
+    if _is_int(entry.get("iscrowd")) and entry["iscrowd"] not in (0, 1):
+        report.add("bad_type", f"{where} 'iscrowd' is {entry['iscrowd']}, not 0 or 1")
+    if section == "images" and _is_int(entry.get("width")) and _is_int(entry.get("height")):
+        if too_small(entry["width"], entry["height"]):
+            report.add(
+                "tiny_image", f"{entry.get('file_name')} ({where}): {entry['width']}x{entry['height']} in the JSON"
+            )
 
 
 def _is_number(v: Any) -> bool:
@@ -275,14 +244,15 @@ def check_image_files(data: dict[str, Any], images_dir: str | os.PathLike, repor
     for im in found:
         path = root / im["file_name"]
         try:
-            with Image.open(path) as pil:
-                pil.load()  # decode fully: a truncated JPEG opens fine and only fails here
-                size = pil.size
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            report.add("unreadable_image", f"{path}: {e}")
+            pil, mode = read_rgb(path)  # the loader's decoding: a truncated JPEG opens fine and only fails here
+            size = pil.size
+        except ImageFileError as e:
+            report.add(e.kind, e.detail)
             continue
+        if mode in SIXTEEN_BIT_MODES:
+            report.add("sixteen_bit_image", f"{im['file_name']} (mode {mode})")
         expected = (im.get("width"), im.get("height"))
-        if None not in expected and tuple(size) != expected:
+        if all(_is_int(v) for v in expected) and tuple(size) != expected:
             got = f"JSON {expected[0]}x{expected[1]}, file {size[0]}x{size[1]}"
             report.add("size_mismatch", f"{im['file_name']}: {got}")
 

@@ -128,7 +128,8 @@ class HybridEncoder(nn.Module):
             pos = self.position_embedding(h, w, tokens)
             for layer in self.encoder:
                 tokens = layer(tokens, pos)
-            feats[-1] = tokens.transpose(1, 2).reshape(b, d, h, w)
+            # contiguous like the official code: a strided input takes other conv kernels (float32 rounding)
+            feats[-1] = tokens.transpose(1, 2).reshape(b, d, h, w).contiguous()
         # Top-down: inner[0] is always the current coarsest map of the finer pyramid being built.
         inner = [feats[-1]]
         for i, idx in enumerate(range(len(feats) - 1, 0, -1)):
