@@ -49,6 +49,19 @@ def test_val_categories_must_equal_train_categories(tmp_path):
         check_same_categories(train, renamed)
 
 
+def test_training_refuses_val_categories_other_than_train(tmp_path):
+    """The check runs where a run builds its datasets, before any training step."""
+    from minidetr.train import get_preset
+    from minidetr.train.builders import DataPaths, build_datasets
+
+    train = _dataset(tmp_path, "train.json")
+    val = _dataset(tmp_path, "val.json", cats=[{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}],
+                   anns=[{"id": 1, "image_id": 1, "category_id": 3, "bbox": [4, 4, 20, 10]}])  # fmt: skip
+    paths = DataPaths(tmp_path / "images", train, tmp_path / "images", val)
+    with pytest.raises(DatasetError, match=r"only in train \[2\].*only in val \[3\]"):
+        build_datasets(get_preset("detr_tiny"), paths)
+
+
 # 2 ------------------------------------------------------------------------------------------- 16-bit PNG
 def test_16_bit_png_is_scaled_to_8_bits_and_reported(tmp_path):
     ramp = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)  # 0 .. 64491

@@ -19,7 +19,7 @@ import torch
 
 from ..criterion import SetCriterion
 from ..criterion_rtdetr import RTDETRCriterion
-from ..data import CocoDetection, build_transforms, ensure_shapes
+from ..data import CocoDetection, build_transforms, check_same_categories, ensure_shapes
 from ..matching import HungarianMatcher
 from .config import ConfigError, TrainConfig, resolve_loss
 
@@ -118,6 +118,7 @@ def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
     train_tf = build_transforms(True, d.image_size, zoom_out_max=d.zoom_out_max, stop_epoch=d.stop_epoch, **aug)
     train_set = CocoDetection(paths.train_images, paths.train_ann, train_tf)
     val_set = CocoDetection(paths.val_images, paths.val_ann, build_transforms(False, d.image_size))
+    check_same_categories(train_set, val_set)  # labels are contiguous per file: other val categories would shift them
     return train_set, val_set
 
 
