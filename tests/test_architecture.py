@@ -142,3 +142,37 @@ def test_no_comment_points_outside_the_repository():
         text = path.read_text()
         for needle in ("shared/reference", "/work/", "later issue"):
             assert needle not in text, f"{name} mentions {needle!r}"
+
+
+def notebook_imports() -> set[tuple[str, str, str]]:
+    """``(notebook, module, name)`` for every ``from minidetr... import name`` in the lessons and solutions."""
+    import json
+
+    found = set()
+    root = ROOT.parent
+    for nb_path in sorted([*root.glob("notebooks/*.ipynb"), *root.glob("solutions/*.ipynb")]):
+        for cell in json.loads(nb_path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            source = "\n".join(
+                line for line in "".join(cell["source"]).splitlines() if not line.lstrip().startswith(("%", "!"))
+            )
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "minidetr":
+                    found.update((nb_path.name, node.module, a.name) for a in node.names)
+    return found
+
+
+def test_every_name_a_lesson_imports_is_public():
+    """A lesson imports ``name`` from ``minidetr.X`` only if it is a submodule of X or listed in X.__all__."""
+    import importlib
+
+    imports = notebook_imports()
+    assert len(imports) > 30  # the lessons do import from the library
+    private = []
+    for notebook, module, name in sorted(imports):
+        mod = importlib.import_module(module)
+        if f"{module}.{name}" in MODULES or name in getattr(mod, "__all__", ()):
+            continue
+        private.append(f"{notebook}: from {module} import {name}")
+    assert not private, "names the lessons use but the library does not export:\n" + "\n".join(private)

@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CLASS_NAMES", "CATEGORY_IDS", "ShapesPaths", "generate", "ensure_shapes", "default_cache_root"]
+__all__ = [
+    "CLASS_NAMES",
+    "CATEGORY_IDS",
+    "ShapesPaths",
+    "generate",
+    "ensure_shapes",
+    "default_cache_root",
+    "render_image",
+]
 
 logger = logging.getLogger("minidetr.data")
 
