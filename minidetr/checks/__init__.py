@@ -13,6 +13,7 @@ from .losses import check_focal_loss, check_mal_loss, check_varifocal_loss
 from .mal import check_mal_gradient, check_vfl_gradient
 from .matching import check_brute_force, check_hungarian, check_match_batch, check_matching_cost, check_reduction
 from .models import check_box_losses, check_sine_position_encoding
+from .quality import check_mal_term, check_vfl_term
 
 __all__ = [
     "ExerciseNotImplemented",
@@ -35,4 +36,6 @@ __all__ = [
     "check_focal_loss",
     "check_varifocal_loss",
     "check_mal_loss",
+    "check_vfl_term",
+    "check_mal_term",
 ]
