@@ -7,7 +7,7 @@ input, what was expected, what came back, a hint) when it is not.
 
 from ._common import ExerciseNotImplemented, call_learner, call_learner_reporting, passed
 from .criterion import check_set_criterion
-from .deformable import check_sample_level
+from .deformable import check_deformable_core, check_sample_level
 from .evaluation import check_ap_at_iou, check_giou
 from .losses import check_focal_loss, check_mal_loss, check_varifocal_loss
 from .mal import check_mal_gradient, check_vfl_gradient
@@ -31,6 +31,7 @@ __all__ = [
     "check_box_losses",
     "check_set_criterion",
     "check_sample_level",
+    "check_deformable_core",
     "check_vfl_gradient",
     "check_mal_gradient",
     "check_focal_loss",
