@@ -6,6 +6,7 @@ input, what was expected, what came back, a hint) when it is not.
 """
 
 from ._common import ExerciseNotImplemented, call_learner, call_learner_reporting, passed
+from .batched_cost import check_batched_cost
 from .criterion import check_set_criterion
 from .deformable import check_deformable_core, check_sample_level
 from .evaluation import check_ap_at_iou, check_giou
@@ -25,6 +26,7 @@ __all__ = [
     "check_reduction",
     "check_matching_cost",
     "check_match_batch",
+    "check_batched_cost",
     "check_giou",
     "check_ap_at_iou",
     "check_sine_position_encoding",
