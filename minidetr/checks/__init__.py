@@ -8,12 +8,11 @@ input, what was expected, what came back, a hint) when it is not.
 from ._common import ExerciseNotImplemented, call_learner, call_learner_reporting, passed
 from .batched_cost import check_batched_cost
 from .criterion import check_set_criterion
-from .deformable import check_deformable_core, check_sample_level
+from .deformable import check_deformable_core
 from .evaluation import check_ap_at_iou, check_giou
-from .losses import check_focal_loss, check_mal_loss, check_varifocal_loss
-from .mal import check_mal_gradient, check_vfl_gradient
-from .matching import check_brute_force, check_hungarian, check_match_batch, check_matching_cost, check_reduction
-from .models import check_box_losses, check_sine_position_encoding
+from .losses import check_mal_loss
+from .matching import check_brute_force, check_hungarian, check_match_batch, check_reduction
+from .models import check_sine_position_encoding
 from .quality import check_mal_term, check_vfl_term
 
 __all__ = [
@@ -24,20 +23,13 @@ __all__ = [
     "check_brute_force",
     "check_hungarian",
     "check_reduction",
-    "check_matching_cost",
     "check_match_batch",
     "check_batched_cost",
     "check_giou",
     "check_ap_at_iou",
     "check_sine_position_encoding",
-    "check_box_losses",
     "check_set_criterion",
-    "check_sample_level",
     "check_deformable_core",
-    "check_vfl_gradient",
-    "check_mal_gradient",
-    "check_focal_loss",
-    "check_varifocal_loss",
     "check_mal_loss",
     "check_vfl_term",
     "check_mal_term",

@@ -1,9 +1,9 @@
-"""Graders for the lesson 06 exercises: focal loss, varifocal loss (VFL) and the matchability-aware loss (MAL).
+"""Grader for lesson 06's element-wise exercise: the matchability-aware loss (MAL).
 
 Each ``check_*`` calls the learner's function on seeded inputs (moderate logits in float64 first, then logits of
 +-30 in float32 to test numerical stability), compares it element-wise with :mod:`minidetr.losses` and either
 prints one success line or raises ``AssertionError`` saying which element differs, expected vs got, and a hint
-when the answer matches a known mistake (for instance a VFL that uses the label instead of the IoU as target).
+when the answer matches a known mistake (for instance a target q instead of q^gamma).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import losses
 from ._common import call_learner_reporting, passed
 
-__all__ = ["check_focal_loss", "check_varifocal_loss", "check_mal_loss"]
+__all__ = ["check_mal_loss"]
 
 
 def _cases(with_quality: bool) -> list[tuple[str, dict]]:
@@ -138,68 +138,6 @@ def _mismatch_message(name, where, inputs, got, expected, mistakes, params, args
 
 def _bce(x: Tensor, t: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(x, t, reduction="none")
-
-
-def check_focal_loss(fn: Callable[..., Tensor]) -> None:
-    """Grade ``fn(logits, labels, alpha=0.25, gamma=2.0) -> [..., K]`` against :func:`minidetr.losses.focal_loss`."""
-
-    def ref(x, y, alpha, gamma):
-        return losses.focal_loss(x, y, alpha=alpha, gamma=gamma)
-
-    def swapped_alpha(x, y, alpha, gamma):
-        return losses.focal_loss(x, y, alpha=1 - alpha, gamma=gamma)
-
-    def no_alpha(x, y, alpha, gamma):
-        return losses.focal_loss(x, y, alpha=None, gamma=gamma)
-
-    def p_not_pt(x, y, alpha, gamma):  # modulating factor (1 - p)^gamma for everyone
-        a = alpha * y + (1 - alpha) * (1 - y)
-        return a * torch.sigmoid(-x).pow(gamma) * _bce(x, y)
-
-    mistakes = {
-        "alpha weights the positives and (1 - alpha) the negatives; yours look swapped.": swapped_alpha,
-        "you left out the alpha balancing factor (alpha for positives, 1 - alpha for negatives).": no_alpha,
-        "the modulating factor is (1 - p_t)^gamma: (1 - p)^gamma for positives but p^gamma for negatives.": p_not_pt,
-    }
-    params = [{"alpha": 0.25, "gamma": 2.0}, {"alpha": 0.6, "gamma": 0.5}]
-    n = _compare("focal_loss", fn, ref, mistakes, False, params)
-    passed(f"focal_loss: correct! It matches minidetr.losses.focal_loss on {n} cases, including logits of +-30.")
-
-
-def check_varifocal_loss(fn: Callable[..., Tensor]) -> None:
-    """Grade ``fn(logits, labels, quality, alpha=0.75, gamma=2.0) -> [..., K]`` against the library's VFL."""
-
-    def ref(x, y, q, alpha, gamma):
-        return losses.varifocal_loss(x, y, q, alpha=alpha, gamma=gamma)
-
-    def label_target(x, y, q, alpha, gamma):
-        w = alpha * torch.sigmoid(x).pow(gamma) * (1 - y) + q * y
-        return w * _bce(x, y)
-
-    def unweighted_pos(x, y, q, alpha, gamma):
-        w = alpha * torch.sigmoid(x).pow(gamma) * (1 - y) + y
-        return w * _bce(x, q * y)
-
-    def no_alpha(x, y, q, alpha, gamma):
-        return losses.varifocal_loss(x, y, q, alpha=1.0, gamma=gamma)
-
-    def branch_on_quality(x, y, q, alpha, gamma):  # the VarifocalNet paper's / the talk's form: q > 0 vs q = 0
-        positive = (q * y) > 0
-        return torch.where(positive, q * _bce(x, q * y), alpha * torch.sigmoid(x).pow(gamma) * _bce(x, 0 * y))
-
-    mistakes = {
-        "you branched on q > 0, as the VarifocalNet paper and the talk write VFL. RT-DETR's VFL (and this "
-        "exercise) branches on the label: a matched query (labels = 1) with IoU q = 0 is still a positive, whose "
-        "loss -q (q log p + (1 - q) log(1 - p)) is 0, not a negative's -alpha p^gamma log(1 - p).": branch_on_quality,
-        "did you use the quality as the positive target? The target of a positive is q (its IoU), not 1.": label_target,
-        "the positive term is scaled by q as well: -q (q log p + (1 - q) log(1 - p)).": unweighted_pos,
-        "the negatives are -alpha p^gamma log(1 - p): did you forget alpha?": no_alpha,
-    }
-    params = [{"alpha": 0.75, "gamma": 2.0}, {"alpha": 0.5, "gamma": 1.0}]
-    n = _compare("varifocal_loss", fn, ref, mistakes, True, params)
-    passed(
-        f"varifocal_loss: correct! It matches minidetr.losses.varifocal_loss on {n} cases, including logits of +-30."
-    )
 
 
 def check_mal_loss(fn: Callable[..., Tensor]) -> None:

@@ -3,9 +3,8 @@
 Assignment solvers are judged by the *total cost* they reach, compared with scipy's
 ``linear_sum_assignment``: with ties several assignments are optimal and any of them is right. The
 output must still be a valid assignment in scipy's format: ``(row_ind, col_ind)``, ``min(n, m)``
-pairs, no row or column used twice, rows ascending. DETR's matching cost is compared with
-``minidetr.HungarianMatcher.cost_matrix``, and a wrong matrix is tested against a few common slips
-(weights left out, sigmoid for softmax, a sign flipped, L2 for L1) to say which one it is.
+pairs, no row or column used twice, rows ascending. (Lesson 02's batched cost has its own grader,
+``checks.batched_cost``.)
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..boxes import box_cxcywh_to_xyxy, generalized_box_iou
-from ..matching import HungarianMatcher
 from ._common import call_learner_reporting, passed
 
 __all__ = [
@@ -27,7 +25,6 @@ __all__ = [
     "check_brute_force",
     "check_hungarian",
     "check_reduction",
-    "check_matching_cost",
     "check_match_batch",
 ]
 
@@ -207,46 +204,6 @@ def _cost_slips(logits: Tensor, pred_boxes: Tensor, labels: Tensor, boxes: Tenso
         + 5 * torch.cdist(pred_boxes, boxes)
         - 2 * giou,
     }
-
-
-def check_matching_cost(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
-    """Grade ``fn(pred_logits [Q, K+1], pred_boxes [Q, 4], labels [T], boxes [T, 4]) -> cost [Q, T]``.
-
-    Compared with ``HungarianMatcher()`` (DETR's weights 1 / 5 / 2, softmax class cost) on one image.
-    """
-    name = getattr(fn, "__name__", repr(fn))
-    gen = torch.Generator().manual_seed(0)
-    matcher = HungarianMatcher()
-    cases = [(6, 3, 3), (5, 4, 1), (3, 2, 5), (10, 5, 7)]  # (Q, K, T): includes more targets than queries
-    for q, k, t in cases:
-        logits, pred_boxes, labels, boxes = _random_image(q, k, t, gen)
-        what = f"an image with Q={q} queries, K={k} classes (+ no-object), T={t} targets, labels {labels.tolist()}"
-        got = _run(fn, (logits.clone(), pred_boxes.clone(), labels.clone(), boxes.clone()), what)
-        expected = matcher.cost_matrix(
-            {"pred_logits": logits[None], "pred_boxes": pred_boxes[None]}, [{"labels": labels, "boxes": boxes}]
-        )[0]
-        header = f"check_matching_cost: {name} is wrong on {what}.\n"
-        if not isinstance(got, Tensor):
-            raise AssertionError(f"{header}Expected a torch.Tensor [Q, T], got {type(got).__name__}.")
-        if tuple(got.shape) != (q, t):
-            flip = " (that is [T, Q]: rows must be queries, columns targets)" if tuple(got.shape) == (t, q) else ""
-            raise AssertionError(f"{header}Expected shape [Q, T] = {[q, t]}, got {list(got.shape)}{flip}.")
-        got = got.detach().float()
-        if torch.allclose(got, expected, atol=1e-5, rtol=1e-5):
-            continue
-        hint = ""
-        for slip, matrix in _cost_slips(logits, pred_boxes, labels, boxes).items():
-            if torch.allclose(got, matrix, atol=1e-5, rtol=1e-5):
-                hint = f"\nHint: {slip}."
-                break
-        err = (got - expected).abs()
-        i, j = divmod(int(err.argmax()), t)
-        raise AssertionError(
-            f"{header}Largest difference at query {i}, target {j}: "
-            f"expected {expected[i, j]:.5f}, got {got[i, j]:.5f}.\n"
-            f"expected =\n{_show(expected)}\ngot =\n{_show(got)}{hint}"
-        )
-    passed(f"check_matching_cost: {name} equals HungarianMatcher().cost_matrix on all {len(cases)} images.")
 
 
 def check_match_batch(fn: Callable[[Tensor, list[int]], list]) -> None:

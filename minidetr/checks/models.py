@@ -1,4 +1,4 @@
-"""Graders for lesson 04 (the sine positional encoding) and lesson 05 (the set criterion's box losses)."""
+"""Grader for lesson 04: the sine positional encoding."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..criterion import box_losses
 from ..models.detr import sine_position_encoding
 from ._common import call_learner, expect_tensor, passed
 
-__all__ = ["check_sine_position_encoding", "check_box_losses"]
+__all__ = ["check_sine_position_encoding"]
 
 
 def _first_difference(got: Tensor, expected: Tensor) -> str:
@@ -66,53 +65,3 @@ def check_sine_position_encoding(fn: Callable[[int, int, int], Tensor]) -> None:
             hint = "frequencies: channel 2k and 2k+1 use 1 / temperature^(2k / (dim/2)) with temperature 10000"
         raise AssertionError(f"{where}: wrong values, {_first_difference(got, expected)}. Hint: {hint}.")
     passed("sine_position_encoding matches DETR's encoding on 4 grid sizes.")
-
-
-def _random_boxes(n: int, generator: torch.Generator) -> Tensor:
-    centres = torch.rand(n, 2, generator=generator) * 0.6 + 0.2
-    sizes = torch.rand(n, 2, generator=generator) * 0.3 + 0.05
-    return torch.cat([centres, sizes], -1)
-
-
-def check_box_losses(fn: Callable[[Tensor, Tensor, float], dict]) -> None:
-    """``fn(pred_boxes [N, 4], target_boxes [N, 4], num_boxes) -> {"loss_bbox", "loss_giou"}`` (cxcywh)."""
-    g = torch.Generator().manual_seed(0)
-    cases = [(1, 1.0), (4, 4.0), (6, 2.5), (3, 7.0)]
-    for n, num_boxes in cases:
-        pred = _random_boxes(n, g).requires_grad_(True)
-        target = _random_boxes(n, g)
-        expected = box_losses(pred.detach(), target, num_boxes)
-        got = call_learner(fn, pred, target, num_boxes)
-        where = f"box_losses on {n} matched pairs with num_boxes={num_boxes}"
-        assert isinstance(got, dict), f"{where} returned {type(got).__name__}; return a dict of two tensors"
-        for name in ("loss_bbox", "loss_giou"):
-            assert name in got, f"{where}: the result has keys {sorted(got)}; it needs 'loss_bbox' and 'loss_giou'"
-            value = got[name]
-            assert isinstance(value, Tensor) and value.numel() == 1, (
-                f"{where}: {name} must be a scalar tensor, got {value!r}"
-            )
-            if torch.allclose(value.detach().float(), expected[name], rtol=1e-4, atol=1e-6):
-                continue
-            ratio = (value.detach() / expected[name]).item() if expected[name] != 0 else float("nan")
-            hint = {
-                "loss_bbox": "sum |pred - target| over all pairs AND all 4 coordinates, then divide by num_boxes",
-                "loss_giou": "sum (1 - GIoU) of pair i with pair i (convert cxcywh to xyxy first), / num_boxes",
-            }[name]
-            if (
-                abs(ratio - num_boxes) < 1e-3
-                or abs(ratio - num_boxes / n) < 1e-3
-                or abs(ratio - num_boxes / (4 * n)) < 1e-3
-            ):
-                hint = f"off by a constant factor {ratio:.3f}: divide the sum by num_boxes, not by N or the mean"
-            elif name == "loss_bbox" and abs(ratio - 0.25) < 1e-3:
-                hint = "you averaged over the 4 coordinates: DETR sums them"
-            elif name == "loss_giou" and value.item() < 0:
-                hint = "the loss is 1 - GIoU (GIoU itself grows as boxes improve)"
-            raise AssertionError(
-                f"{where}: {name} expected {expected[name].item():.6f}, got {value.item():.6f}. Hint: {hint}."
-            )
-        total = got["loss_bbox"] + got["loss_giou"]
-        assert total.requires_grad, (
-            f"{where}: the losses carry no gradient; do not detach, .item() or use numpy on pred_boxes"
-        )
-    passed("box_losses gives DETR's L1 and GIoU losses, normalised by num_boxes.")
