@@ -246,3 +246,32 @@ def test_predict_bad_checkpoint_and_image(tmp_path, capsys):
             predict_main(["--checkpoint", str(ckpt), str(image)])
         err = capsys.readouterr().err
         assert info.value.code == 2 and needle in err and str(ckpt) in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------ reliability, round 2
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (["lr=inf"], ("lr", "inf")),
+        (["lr=nan"], ("lr", "nan")),
+        (["lr_backbone=nan"], ("lr_backbone",)),
+        (["weight_decay=-inf"], ("weight_decay",)),
+        (["clip_max_norm=inf"], ("clip_max_norm",)),
+        (["ema=true", "ema_decay=1.5"], ("ema_decay", "1.5")),
+        (["ema_decay=nan"], ("ema_decay",)),
+        (["ema_warmups=-1"], ("ema_warmups",)),
+        (["lr_gamma=nan"], ("lr_gamma",)),
+        (["lr_gamma=0"], ("lr_gamma",)),
+        (["warmup_steps=-5"], ("warmup_steps",)),
+        (["data.zoom_out_max=0.5"], ("data.zoom_out_max",)),
+    ],
+)
+def test_non_finite_or_out_of_range_numbers_are_refused_before_the_data_loads(tmp_path, overrides, needles, capsys,
+                                                                             monkeypatch):  # fmt: skip
+    import minidetr.train.run as run_module
+
+    def no_data(*a, **k):
+        raise AssertionError("the data was loaded before the config was checked")
+
+    monkeypatch.setattr(run_module, "build_datasets", no_data)
+    _fails(TRAIN + ["--set", *overrides], capsys, *needles)
