@@ -275,3 +275,56 @@ def test_non_finite_or_out_of_range_numbers_are_refused_before_the_data_loads(tm
 
     monkeypatch.setattr(run_module, "build_datasets", no_data)
     _fails(TRAIN + ["--set", *overrides], capsys, *needles)
+
+
+@pytest.mark.parametrize("where", ["model", "ema"])
+def test_weights_non_finite_after_an_epoch_are_never_evaluated_or_saved(tmp_path, data, monkeypatch, capsys, where):
+    """The last step of epoch 1 leaves NaN weights (no later loss sees them): no NaN checkpoint, no detections
+    file for that epoch, and the message names epoch 0's checkpoint as the last good one, truthfully."""
+    import torch
+
+    import minidetr.train.run as run_module
+    from minidetr.checkpoint import load_checkpoint
+
+    train = run_module.engine.train_one_epoch
+
+    def poisoned(model, *args, **kwargs):
+        result = train(model, *args, **kwargs)
+        if args[5] == 1:  # epoch
+            target = kwargs["ema"].module if where == "ema" else model
+            with torch.no_grad():
+                next(target.parameters()).fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(run_module.engine, "train_one_epoch", poisoned)
+    out = tmp_path / "run"
+    argv = TRAIN + ["--epochs", "3", "--set", "batch_size=2", "ema=true", "ema_warmups=2", "--output", str(out)]
+    err = _fails(argv + _flags(tmp_path), capsys, "non-finite", "weights after epoch 1", "untouched")
+    assert f"--resume {out / 'checkpoint.pth'}" in err and ("EMA" in err) == (where == "ema")
+    state = load_checkpoint(out / "checkpoint.pth")
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert (out / "detections_epoch0.json").is_file() and not (out / "detections_epoch1.json").exists()
+
+
+def test_non_finite_weights_in_the_first_epoch_say_no_checkpoint_was_written(tmp_path, data, monkeypatch, capsys):
+    """A checkpoint.pth left in the folder by an earlier run is not called this run's last good one."""
+    import torch
+
+    import minidetr.train.run as run_module
+
+    train = run_module.engine.train_one_epoch
+
+    def poisoned(model, *args, **kwargs):
+        result = train(model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(run_module.engine, "train_one_epoch", poisoned)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pth").write_bytes(b"an earlier run's")
+    err = _fails(TRAIN + ["--output", str(out)] + _flags(tmp_path), capsys, "weights after epoch 0",
+                 "no checkpoint was written yet")  # fmt: skip
+    assert "untouched" not in err and (out / "checkpoint.pth").read_bytes() == b"an earlier run's"

@@ -17,7 +17,7 @@ from .engine import NonFiniteLossError
 from .optim import scale_epoch_schedule
 from .overrides import apply_overrides
 from .presets import DEFAULT_PRESET, get_preset, preset_descriptions
-from .run import CHECKPOINT_NAME, fit
+from .run import fit
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         width = max(map(len, preset_descriptions()))
         print("\n".join(f"{name:<{width}}  {desc}" for name, desc in preset_descriptions().items()))
         return None
-    output = None
     try:
         cfg = config_from_args(args, parser)
         device = resolve_device(args.device)
@@ -139,9 +138,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as e:
         _exit_with(parser, _user_message(e))
     except NonFiniteLossError as e:
-        ckpt = Path(output) / CHECKPOINT_NAME
-        kept = f"the last good checkpoint {ckpt} is untouched (resume with --resume {ckpt})"
-        _exit_with(parser, f"{e}\ntraining stopped; " + (kept if ckpt.is_file() else "no checkpoint was written yet"))
+        _exit_with(parser, f"{e}\ntraining stopped; {_kept(getattr(e, 'last_checkpoint', None))}")
+
+
+def _kept(ckpt: Path | None) -> str:
+    """Where a stopped run's last good state is: the checkpoint fit() wrote (or resumed from) last, if any."""
+    if ckpt is None:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint {ckpt} is untouched (resume with --resume {ckpt})"
 
 
 def _user_message(e: BaseException) -> str:

@@ -115,39 +115,51 @@ def fit(
     # ---- the loop: an epoch of training, evaluation when due, a checkpoint
     eval_model = ema.module if ema is not None else model  # the EMA weights are the ones evaluated and kept
     stats: dict[str, Any] = {}
-    with MetricsLogger(out / "metrics.jsonl", append=state is not None) as logger:
-        for epoch in range(start_epoch, cfg.epochs):
-            set_epoch(train_loader, epoch)  # augmentation policy, multi-scale, DistributedSampler shuffle
-            step, means = engine.train_one_epoch(
-                train_model, criterion, train_loader, optimizer, scheduler, device, epoch, step=step,
-                clip_max_norm=cfg.clip_max_norm, logger=logger, log_every=cfg.log_every, progress=progress,
-                ema=ema, scaler=scaler, amp_dtype=amp_dtype,
-            )  # fmt: skip
-            if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
-                stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, out, epoch, progress)
-                scalars = {k: v for k, v in stats.items() if k not in ("per_class_AP", "epoch")}
-                logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **scalars)
-            # Every process's random state (a collective: all ranks call it), so a resumed run goes on exactly.
-            random_states = all_gather_objects(_random_state(train_loader))
-            if is_main_process():
-                checkpoint = {
-                    "model": unwrap_model(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "config": config_to_dict(cfg),
-                    **random_states[0],  # "rng", "loader_generator": rank 0's
-                    # under torchrun every rank's, in rank order (rank 0's again at index 0)
-                    **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
-                    "class_names": list(train_set.class_names),
-                    "label_to_category_id": list(train_set.label_to_category_id),
-                    **state_dicts(stateful),
-                }
-                save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
-            ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats.get("epoch") == epoch else ""
-            loss, elapsed = means.get("loss", float("nan")), time.perf_counter() - start_time
-            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}{ap}  ({elapsed:.0f} s)", verbose)
+    # The newest checkpoint that holds this run's good state; an error that stops the run carries it
+    # (``last_checkpoint``) so that the CLI names the file to resume from only when there is one.
+    last_checkpoint = Path(resume) if resume is not None else None
+    try:
+        with MetricsLogger(out / "metrics.jsonl", append=state is not None) as logger:
+            for epoch in range(start_epoch, cfg.epochs):
+                set_epoch(train_loader, epoch)  # augmentation policy, multi-scale, DistributedSampler shuffle
+                step, means = engine.train_one_epoch(
+                    train_model, criterion, train_loader, optimizer, scheduler, device, epoch, step=step,
+                    clip_max_norm=cfg.clip_max_norm, logger=logger, log_every=cfg.log_every, progress=progress,
+                    ema=ema, scaler=scaler, amp_dtype=amp_dtype,
+                )  # fmt: skip
+                # The last step's update is not checked by the next loss: never evaluate or save NaN weights.
+                engine.check_finite_weights(unwrap_model(model), epoch, step)
+                if ema is not None:
+                    engine.check_finite_weights(ema.module, epoch, step, "ema")
+                if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
+                    stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, out, epoch, progress)
+                    scalars = {k: v for k, v in stats.items() if k not in ("per_class_AP", "epoch")}
+                    logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **scalars)
+                # Every process's random state (a collective: all ranks call it), so a resumed run goes on exactly.
+                random_states = all_gather_objects(_random_state(train_loader))
+                if is_main_process():
+                    checkpoint = {
+                        "model": unwrap_model(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "lr_scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "config": config_to_dict(cfg),
+                        **random_states[0],  # "rng", "loader_generator": rank 0's
+                        # under torchrun every rank's, in rank order (rank 0's again at index 0)
+                        **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
+                        "class_names": list(train_set.class_names),
+                        "label_to_category_id": list(train_set.label_to_category_id),
+                        **state_dicts(stateful),
+                    }
+                    save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
+                last_checkpoint = out / CHECKPOINT_NAME
+                ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats.get("epoch") == epoch else ""
+                loss, elapsed = means.get("loss", float("nan")), time.perf_counter() - start_time
+                _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}{ap}  ({elapsed:.0f} s)", verbose)
+    except (engine.NonFiniteLossError, KeyboardInterrupt) as e:
+        e.last_checkpoint = last_checkpoint  # type: ignore[attr-defined]
+        raise
 
     if not stats:  # resumed a finished run: evaluate what the checkpoint holds
         stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, out, start_epoch - 1, progress)
