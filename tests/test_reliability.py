@@ -328,3 +328,53 @@ def test_non_finite_weights_in_the_first_epoch_say_no_checkpoint_was_written(tmp
     err = _fails(TRAIN + ["--output", str(out)] + _flags(tmp_path), capsys, "weights after epoch 0",
                  "no checkpoint was written yet")  # fmt: skip
     assert "untouched" not in err and (out / "checkpoint.pth").read_bytes() == b"an earlier run's"
+
+
+def _trained(tmp_path, epochs=1):
+    """A finished detr_tiny run of ``epochs`` on the 4-image dataset; returns its folder."""
+    out = tmp_path / "run"
+    assert main(TRAIN + ["--epochs", str(epochs), "--output", str(out)] + _flags(tmp_path)) is not None
+    return out
+
+
+def test_resume_refuses_overrides_that_would_change_the_run(tmp_path, data, capsys):
+    out = _trained(tmp_path)
+    config = (out / "config.json").read_bytes()
+    resume = ["--resume", str(out / "checkpoint.pth"), "--no-progress", "--device", "cpu"]
+    err = _fails(resume + ["--set", "batch_size=1", "model.dropout=0.5", "class_loss_coef=3"], capsys,
+                 "cannot change", "batch_size (4 -> 1)", "model.dropout", "class_loss_coef", "new run")  # fmt: skip
+    assert "epochs" not in err.split("cannot change")[1].split(":")[0]
+    _fails(resume + ["--set", "data.image_size=96"], capsys, "data.image_size")
+    _fails(resume + ["--seed", "3"], capsys, "seed (0 -> 3)")
+    assert (out / "config.json").read_bytes() == config
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_finished_is_refused(tmp_path, data, capsys):
+    out = _trained(tmp_path, epochs=2)
+    config = (out / "config.json").read_bytes()
+    _fails(["--resume", str(out / "checkpoint.pth"), "--epochs", "1", "--no-progress"], capsys,
+           "finished 2 epochs", "epochs=1", "--epochs 2")  # fmt: skip
+    assert (out / "config.json").read_bytes() == config
+
+
+def test_resume_with_a_new_lr_trains_at_that_lr(tmp_path, data):
+    from minidetr.train.logs import read_metrics
+
+    out = _trained(tmp_path)
+    stats = main(["--resume", str(out / "checkpoint.pth"), "--epochs", "2", "--no-progress", "--set", "lr=1e-3"])
+    assert stats is not None and stats["epoch"] == 1
+    lrs = {r["epoch"]: r["lr"] for r in read_metrics(out, kind="train")}
+    assert lrs[0] == pytest.approx(2e-4) and lrs[1] == pytest.approx(1e-3)
+    assert json.loads((out / "config.json").read_text())["lr"] == 1e-3
+
+
+def test_resume_from_a_file_that_is_not_a_minidetr_checkpoint(tmp_path, capsys):
+    import torch
+
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    err = _fails(["--resume", str(noise)], capsys, "noise.pth", "not a minidetr checkpoint")
+    assert "weights_only" not in err and "likely succeed" not in err
+    weights = tmp_path / "weights.pth"
+    torch.save({"model": {"w": torch.zeros(2)}}, weights)
+    _fails(["--resume", str(weights)], capsys, "weights.pth", "'config'", "'optimizer'", "new run")

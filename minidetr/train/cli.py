@@ -5,6 +5,7 @@ and exit status 2, without a traceback.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,12 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import DatasetError
 from ..distributed import is_main_process
 from .builders import resolve_device
-from .config import ConfigError, TrainConfig, config_from_dict
+from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from .engine import NonFiniteLossError
 from .optim import scale_epoch_schedule
 from .overrides import apply_overrides
 from .presets import DEFAULT_PRESET, get_preset, preset_descriptions
-from .run import fit
+from .run import check_resumable, fit
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -80,8 +81,10 @@ def _positive(tp, allow_zero: bool = False):
 
 def config_from_args(args, parser) -> TrainConfig:
     """The run's config: preset (or the resumed checkpoint's config), then --set, then explicit flags."""
+    saved = None
     if args.resume and args.preset is None:
-        cfg = config_from_dict(load_checkpoint(args.resume)["config"])
+        saved = config_from_dict(check_resumable(load_checkpoint(args.resume), args.resume)["config"])
+        cfg = copy.deepcopy(saved)
     else:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
     preset_epochs = cfg.epochs
@@ -118,7 +121,36 @@ def config_from_args(args, parser) -> TrainConfig:
                 f"{epochs} epochs instead of {cfg.preset}'s {preset_epochs}: schedule scaled to fit "
                 f"({', '.join(changes)}); --set KEY=VALUE keeps a value of your own"
             )
+    if saved is not None:
+        _check_resume_changes(saved, cfg, args.resume)
     return cfg.validate()
+
+
+# What --resume may change in the checkpoint's config: the length of the run, how often it evaluates and logs,
+# the loader's workers, the evaluation, and the base lrs (fit() then rescales the schedule to them). Anything
+# else (the model, the data, the batch, the loss, the seed, ...) would give a different run than the one the
+# checkpoint's weights, optimiser moments and random state belong to.
+RESUMABLE = ("epochs", "eval_every", "log_every", "num_workers", "eval_backend", "num_top_queries", "compile", "lr",
+             "lr_backbone")  # fmt: skip
+
+
+def _check_resume_changes(saved: TrainConfig, cfg: TrainConfig, resume: str) -> None:
+    a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
+    refused = [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in b if a.get(k) != b[k] and k not in RESUMABLE]
+    if (saved.lr_backbone == 0) != (cfg.lr_backbone == 0):
+        refused.append(f"lr_backbone ({saved.lr_backbone!r} -> {cfg.lr_backbone!r}: freezes or unfreezes the backbone)")
+    if refused:
+        raise ConfigError(
+            f"--resume {resume} cannot change {', '.join(refused)}: only {', '.join(RESUMABLE)} may change on "
+            "resume; start a new run (without --resume) for the rest"
+        )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     load_state_dicts,
@@ -38,7 +39,7 @@ from .ema import ModelEMA
 from .logs import MetricsLogger, truncate_metrics
 from .optim import build_lr_schedule, build_optimizer
 
-__all__ = ["fit", "CHECKPOINT_NAME"]
+__all__ = ["fit", "check_resumable", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
 _log = logging.getLogger("minidetr.train")
@@ -72,6 +73,13 @@ def fit(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
+    if state is not None:
+        check_resumable(state, resume)
+        if cfg.epochs < state["epoch"] + 1:
+            raise ConfigError(
+                f"--resume {resume}: the checkpoint has finished {state['epoch'] + 1} epochs, more than epochs="
+                f"{cfg.epochs}; give --epochs {state['epoch'] + 1} or more (the same number only evaluates it)"
+            )
 
     # ---- the run's objects: data, model, criterion, optimiser, schedule, EMA, precision
     paths = resolve_data(cfg, data)
@@ -169,6 +177,21 @@ def fit(
     return stats
 
 
+# What a checkpoint needs for a run to go on from it (save_checkpoint's callers may store less).
+RESUME_ENTRIES = ("model", "optimizer", "lr_scheduler", "epoch", "step", "config", "rng", "loader_generator")
+
+
+def check_resumable(state: dict[str, Any], resume: Any) -> dict[str, Any]:
+    """``state`` itself, or a ``CheckpointError`` naming the entries a resume needs that it lacks."""
+    missing = [k for k in RESUME_ENTRIES if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {str(resume)!r}: it lacks {', '.join(repr(k) for k in missing)} (weights only? a "
+            "training run's checkpoint.pth holds all of " + ", ".join(RESUME_ENTRIES) + "); start a new run instead"
+        )
+    return state
+
+
 def _say(message: str, verbose: bool) -> None:
     if verbose and is_main_process():
         tqdm.write(message)
@@ -177,10 +200,16 @@ def _say(message: str, verbose: bool) -> None:
 def _restore(state, model, optimizer, scheduler, loader, stateful, dist_info, resume) -> tuple[int, int]:
     """Load a checkpoint's training state; returns ``(first epoch to run, step)``."""
     unwrap_model(model).load_state_dict(state["model"])
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # the current config's lr / lr_backbone
     optimizer.load_state_dict(state["optimizer"])
     # The step count comes from the checkpoint, the schedule's shape from the current config (so that
     # --resume --epochs N can extend a run): LambdaLR skips lr_lambdas entries that are None.
     scheduler.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    if base_lrs != scheduler.base_lrs:  # --resume --set lr=...: the schedule goes on from the new base lrs
+        scheduler.base_lrs = base_lrs
+        for group, base, factor in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     _restore_random_state(state, loader, dist_info)
     load_state_dicts(stateful, state, resume)
     return state["epoch"] + 1, state["step"]
