@@ -378,3 +378,56 @@ def test_resume_from_a_file_that_is_not_a_minidetr_checkpoint(tmp_path, capsys):
     weights = tmp_path / "weights.pth"
     torch.save({"model": {"w": torch.zeros(2)}}, weights)
     _fails(["--resume", str(weights)], capsys, "weights.pth", "'config'", "'optimizer'", "new run")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos"),
+    ],
+)
+def test_disk_full_while_saving_says_the_previous_checkpoint_is_intact(tmp_path, data, monkeypatch, capsys, error):
+    import torch
+
+    import minidetr.checkpoint as checkpoint_module
+    from minidetr.checkpoint import load_checkpoint
+
+    save, calls = torch.save, {"n": 0}
+
+    def full_disk(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the checkpoint of epoch 1
+            f.write(b"half a checkpoint")
+            raise error
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk)
+    out = tmp_path / "run"
+    ckpt = out / "checkpoint.pth"
+    why = "No space left" if isinstance(error, OSError) else "enforce fail"
+    err = _fails(TRAIN + ["--epochs", "2", "--output", str(out)] + _flags(tmp_path), capsys,
+                 f"could not write checkpoint {ckpt}", why, f"previous checkpoint {ckpt} is intact",
+                 f"--resume {ckpt}")  # fmt: skip
+    assert len(err.strip().splitlines()) == 1
+    assert load_checkpoint(ckpt)["epoch"] == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_ctrl_c_says_where_the_last_checkpoint_is_and_exits_130(tmp_path, data, monkeypatch, capsys):
+    import minidetr.train.run as run_module
+
+    train = run_module.engine.train_one_epoch
+
+    def interrupted(model, *args, **kwargs):
+        if args[5] == 1:  # epoch
+            raise KeyboardInterrupt
+        return train(model, *args, **kwargs)
+
+    monkeypatch.setattr(run_module.engine, "train_one_epoch", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(TRAIN + ["--epochs", "2", "--output", str(out)] + _flags(tmp_path))
+    err = capsys.readouterr().err
+    assert info.value.code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "interrupted" in err and f"--resume {out / 'checkpoint.pth'}" in err

@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         _exit_with(parser, _user_message(e))
     except NonFiniteLossError as e:
         _exit_with(parser, f"{e}\ntraining stopped; {_kept(getattr(e, 'last_checkpoint', None))}")
+    except KeyboardInterrupt as e:  # Ctrl-C: where to go on from, not a traceback; 130 = 128 + SIGINT
+        ckpt = getattr(e, "last_checkpoint", None)
+        where = f"the last checkpoint is {ckpt} (resume with --resume {ckpt})" if ckpt else "no checkpoint was written"
+        _exit_with(parser, f"interrupted; {where}", status=130)
 
 
 def _kept(ckpt: Path | None) -> str:
@@ -190,8 +194,8 @@ def _user_message(e: BaseException) -> str:
     return text
 
 
-def _exit_with(parser, message: str) -> None:
+def _exit_with(parser, message: str, status: int = 2) -> None:
     import sys
 
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    print(f"{parser.prog}: {'error: ' if status == 2 else ''}{message}", file=sys.stderr)
+    sys.exit(status)

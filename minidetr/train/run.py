@@ -9,6 +9,7 @@ A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (see
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import logging
 import time
@@ -160,7 +161,7 @@ def fit(
                         "label_to_category_id": list(train_set.label_to_category_id),
                         **state_dicts(stateful),
                     }
-                    save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
+                    _save(checkpoint, out / CHECKPOINT_NAME, last_checkpoint)
                 last_checkpoint = out / CHECKPOINT_NAME
                 ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats.get("epoch") == epoch else ""
                 loss, elapsed = means.get("loss", float("nan")), time.perf_counter() - start_time
@@ -190,6 +191,23 @@ def check_resumable(state: dict[str, Any], resume: Any) -> dict[str, Any]:
             "training run's checkpoint.pth holds all of " + ", ".join(RESUME_ENTRIES) + "); start a new run instead"
         )
     return state
+
+
+def _save(checkpoint: dict[str, Any], path: Path, previous: Path | None) -> None:
+    """``save_checkpoint``, with a disk full (or any failed write) as a ``CheckpointError`` that says the previous
+    checkpoint is intact: the write is atomic, so a failed one leaves the target as it was."""
+    try:
+        save_checkpoint(checkpoint, path)
+    except (OSError, RuntimeError) as e:  # ENOSPC; torch's writer: "[enforce fail at inline_container.cc] ..."
+        if isinstance(e, OSError) and e.strerror:
+            why = e.strerror if e.errno == errno.ENOSPC else f"{e.strerror}; disk full or not writable?"
+        else:
+            why = f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}; disk full?"
+        kept = f"the previous checkpoint {previous} is intact (resume with --resume {previous})"
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({why}): training stopped; "
+            f"{kept if previous else 'no earlier checkpoint of this run exists'}; free space or pass another --output"
+        ) from e
 
 
 def _say(message: str, verbose: bool) -> None:
