@@ -431,3 +431,17 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_exits_130(tmp_path, data, 
     err = capsys.readouterr().err
     assert info.value.code == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "interrupted" in err and f"--resume {out / 'checkpoint.pth'}" in err
+
+
+def test_a_new_run_removes_unfinished_checkpoint_writes_of_a_killed_one(tmp_path, data, caplog):
+    import logging
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in (".checkpoint.pth.abc123.tmp", ".checkpoint.pth.x_9.tmp"):
+        (out / name).write_bytes(b"half a checkpoint")
+    (out / "notes.tmp").write_text("not ours")
+    with caplog.at_level(logging.WARNING, logger="minidetr.train"):
+        main(TRAIN + ["--output", str(out)] + _flags(tmp_path))
+    assert "removed 2 unfinished checkpoint write(s)" in caplog.text
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == ["notes.tmp"]

@@ -73,6 +73,8 @@ def fit(
         device = torch.device("cuda", dist_info.local_rank)  # one GPU per process
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        _remove_stale_temp_files(out)
     state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
     if state is not None:
         check_resumable(state, resume)
@@ -191,6 +193,15 @@ def check_resumable(state: dict[str, Any], resume: Any) -> dict[str, Any]:
             "training run's checkpoint.pth holds all of " + ", ".join(RESUME_ENTRIES) + "); start a new run instead"
         )
     return state
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete the temp files of checkpoint writes a killed run never finished (``save_checkpoint``'s names)."""
+    stale = list(out.glob(f".{CHECKPOINT_NAME}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        _log.warning("%s: removed %d unfinished checkpoint write(s) left by an interrupted run", out, len(stale))
 
 
 def _save(checkpoint: dict[str, Any], path: Path, previous: Path | None) -> None:
