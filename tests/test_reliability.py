@@ -445,3 +445,14 @@ def test_a_new_run_removes_unfinished_checkpoint_writes_of_a_killed_one(tmp_path
         main(TRAIN + ["--output", str(out)] + _flags(tmp_path))
     assert "removed 2 unfinished checkpoint write(s)" in caplog.text
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == ["notes.tmp"]
+
+
+def test_annotation_json_with_a_utf8_byte_order_mark_loads(tmp_path, data, capsys):
+    """Windows tools save UTF-8 with a BOM: that is valid text, not a truncated download."""
+    from minidetr.data import CocoDetection
+
+    (tmp_path / "train.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(data).encode())
+    assert len(CocoDetection(tmp_path / "images", tmp_path / "train.json")) == 4
+    (tmp_path / "train.json").write_text(json.dumps(data), encoding="utf-16")  # "Unicode" in Windows editors
+    err = _fails(TRAIN + _flags(tmp_path), capsys, "train.json", "not UTF-8", "save or export it again as UTF-8")
+    assert "truncated" not in err

@@ -43,6 +43,7 @@ class DatasetError(ValueError):
 PROBLEM_KINDS: dict[str, tuple[bool, str, str]] = {
     "missing_file": (True, "annotation file does not exist", "check the --ann/--data path and the file name"),
     "invalid_json": (True, "annotation file is not valid JSON", "it may be truncated: download or export it again"),
+    "not_utf8": (True, "annotation file is not UTF-8 text", "JSON is UTF-8: save or export it again as UTF-8"),
     "not_coco": (
         True,
         "not a COCO detection file",
@@ -162,9 +163,12 @@ def read_annotations(ann_file: str | os.PathLike, report: Report) -> dict[str, A
     if not path.is_file():
         report.add("missing_file", f"{path} does not exist")
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    try:  # utf-8-sig: a UTF-8 byte-order mark (Windows editors and exporters write one) is not an error
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        report.add("not_utf8", f"{path}: {e}")
+        return None
+    except json.JSONDecodeError as e:
         report.add("invalid_json", f"{path} is not valid JSON ({e}); it may be truncated")
         return None
     if not isinstance(data, dict):
