@@ -456,3 +456,23 @@ def test_annotation_json_with_a_utf8_byte_order_mark_loads(tmp_path, data, capsy
     (tmp_path / "train.json").write_text(json.dumps(data), encoding="utf-16")  # "Unicode" in Windows editors
     err = _fails(TRAIN + _flags(tmp_path), capsys, "train.json", "not UTF-8", "save or export it again as UTF-8")
     assert "truncated" not in err
+
+
+def test_train_output_that_is_an_existing_file_is_one_line_before_the_data_loads(tmp_path, data, capsys, monkeypatch):
+    import minidetr.train.run as run_module
+
+    monkeypatch.setattr(run_module, "build_datasets", lambda *a: pytest.fail("the data loaded first"))
+    (tmp_path / "taken").write_text("a file")
+    _fails(TRAIN + ["--output", str(tmp_path / "taken")] + _flags(tmp_path), capsys, "--output", "taken",
+           "is a file, not a folder")  # fmt: skip
+    _fails(TRAIN + ["--output", str(tmp_path / "taken" / "run")] + _flags(tmp_path), capsys, "taken/run",
+           "cannot be written to")  # fmt: skip
+    import minidetr.train.builders as builders
+
+    def read_only(*args, **kwargs):  # what a folder without write permission gives (the tests may run as root)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(builders.tempfile, "TemporaryFile", read_only)
+    (tmp_path / "locked").mkdir()
+    _fails(TRAIN + ["--output", str(tmp_path / "locked")] + _flags(tmp_path), capsys, "locked",
+           "cannot be written to (Permission denied)")  # fmt: skip

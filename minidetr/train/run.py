@@ -34,7 +34,15 @@ from ..distributed import all_gather_objects, init_distributed, is_main_process,
 from ..evaluation import CocoEvaluator, PostProcess, format_table
 from ..models import build_model
 from . import engine
-from .builders import build_criterion, build_datasets, mixed_precision, resolve_data, resolve_device, seed_everything
+from .builders import (
+    build_criterion,
+    build_datasets,
+    mixed_precision,
+    resolve_data,
+    resolve_device,
+    resolve_output,
+    seed_everything,
+)
 from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, format_config, resolve_loss, save_config
 from .ema import ModelEMA
 from .logs import MetricsLogger, truncate_metrics
@@ -71,8 +79,7 @@ def fit(
     dist_info = init_distributed(device)  # torchrun: join the process group (no-op otherwise)
     if dist_info.distributed and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)  # one GPU per process
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = resolve_output(output_dir)
     if is_main_process():
         _remove_stale_temp_files(out)
     state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
