@@ -301,6 +301,7 @@ def test_weights_non_finite_after_an_epoch_are_never_evaluated_or_saved(tmp_path
     argv = TRAIN + ["--epochs", "3", "--set", "batch_size=2", "ema=true", "ema_warmups=2", "--output", str(out)]
     err = _fails(argv + _flags(tmp_path), capsys, "non-finite", "weights after epoch 1", "untouched")
     assert f"--resume {out / 'checkpoint.pth'}" in err and ("EMA" in err) == (where == "ema")
+    assert len(err.strip().splitlines()) == 1
     state = load_checkpoint(out / "checkpoint.pth")
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

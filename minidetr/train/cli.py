@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as e:
         _exit_with(parser, _user_message(e))
     except NonFiniteLossError as e:
-        _exit_with(parser, f"{e}\ntraining stopped; {_kept(getattr(e, 'last_checkpoint', None))}")
+        _exit_with(parser, f"{e}; training stopped; {_kept(getattr(e, 'last_checkpoint', None))}")
     except KeyboardInterrupt as e:  # Ctrl-C: where to go on from, not a traceback; 130 = 128 + SIGINT
-        ckpt = getattr(e, "last_checkpoint", None)
+        ckpt = getattr(e, "last_checkpoint", None) or args.resume  # before the first epoch: the resumed one
         where = f"the last checkpoint is {ckpt} (resume with --resume {ckpt})" if ckpt else "no checkpoint was written"
         _exit_with(parser, f"interrupted; {where}", status=130)
 
