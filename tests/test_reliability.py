@@ -359,13 +359,20 @@ def test_resume_with_fewer_epochs_than_the_checkpoint_finished_is_refused(tmp_pa
 
 
 def test_resume_with_a_new_lr_trains_at_that_lr(tmp_path, data):
+    """The schedule (a warm-up here) goes on from the new base lr: 5x the lr of the same run not resumed."""
     from minidetr.train.logs import read_metrics
 
-    out = _trained(tmp_path)
+    warmup = ["--set", "warmup_steps=3"]
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    main(TRAIN + ["--epochs", "2", "--output", str(straight)] + warmup + _flags(tmp_path))
+    main(TRAIN + ["--epochs", "1", "--output", str(out)] + warmup + _flags(tmp_path))
     stats = main(["--resume", str(out / "checkpoint.pth"), "--epochs", "2", "--no-progress", "--set", "lr=1e-3"])
     assert stats is not None and stats["epoch"] == 1
-    lrs = {r["epoch"]: r["lr"] for r in read_metrics(out, kind="train")}
-    assert lrs[0] == pytest.approx(2e-4) and lrs[1] == pytest.approx(1e-3)
+    expected = {r["step"]: r["lr"] for r in read_metrics(straight, kind="train")}
+    got = {r["step"]: (r["epoch"], r["lr"]) for r in read_metrics(out, kind="train")}
+    assert sorted(got) == sorted(expected) and len(got) == 2
+    for step, (epoch, lr) in got.items():
+        assert lr > 0 and lr == pytest.approx(expected[step] * (5 if epoch == 1 else 1))
     assert json.loads((out / "config.json").read_text())["lr"] == 1e-3
 
 

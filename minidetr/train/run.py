@@ -236,7 +236,7 @@ def _say(message: str, verbose: bool) -> None:
 def _restore(state, model, optimizer, scheduler, loader, stateful, dist_info, resume) -> tuple[int, int]:
     """Load a checkpoint's training state; returns ``(first epoch to run, step)``."""
     unwrap_model(model).load_state_dict(state["model"])
-    base_lrs = [g["lr"] for g in optimizer.param_groups]  # the current config's lr / lr_backbone
+    base_lrs = list(scheduler.base_lrs)  # the current config's lr / lr_backbone
     optimizer.load_state_dict(state["optimizer"])
     # The step count comes from the checkpoint, the schedule's shape from the current config (so that
     # --resume --epochs N can extend a run): LambdaLR skips lr_lambdas entries that are None.
