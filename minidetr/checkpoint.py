@@ -14,8 +14,10 @@ checkpoint intact, never a truncated one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +78,23 @@ def read_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickled code objects, not a torch file at all
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({type(e).__name__}: {e}){unreadable_hint}") from e
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r}: {_why_unreadable(path, e)}{unreadable_hint}"
+        ) from e
     return state
+
+
+def _why_unreadable(path: Path, e: Exception) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` refused; never torch's advice to load it unsafely."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive (files from torch < 1.6 load before this)
+        return "not a minidetr checkpoint (not a file written by torch.save, or cut short: copy or download it again)"
+    if isinstance(e, pickle.UnpicklingError):
+        return (
+            "not a minidetr checkpoint (it holds pickled objects other than tensors and plain values, which "
+            "minidetr never writes and does not load, since loading them could run code)"
+        )
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"not a readable PyTorch file ({type(e).__name__}: {first}); copy or download it again"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from torch import Tensor
 
 from .boxes import box_cxcywh_to_xyxy
 from .distributed import all_gather_objects, is_distributed
+
+_log = logging.getLogger("minidetr.evaluation")
 
 __all__ = ["PostProcess", "CocoEvaluator", "STAT_NAMES", "format_table"]
 
@@ -114,6 +117,7 @@ class CocoEvaluator:
             raise ValueError(f"label_to_category_id holds ids {sorted(unknown)} that the annotation file lacks")
         self.results: list[dict[str, Any]] = []
         self.image_ids: list[int] = []
+        self.non_finite = 0  # detections dropped for a NaN / inf box or score
         self._eval: Any = None
 
     def update(self, predictions: list[dict[str, Tensor]], image_ids: list[int]) -> None:
@@ -130,9 +134,12 @@ class CocoEvaluator:
                 continue
             seen.add(int(image_id))
             self.image_ids.append(int(image_id))
-            boxes = pred["boxes"].detach().cpu().double()
+            boxes, scores = pred["boxes"].detach().cpu().double(), pred["scores"].detach().cpu()
+            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)  # NaN is not valid JSON nor a box
+            self.non_finite += int((~finite).sum())
+            boxes, scores, labels = boxes[finite], scores[finite], pred["labels"].cpu()[finite]
             xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()  # COCO boxes: x, y, w, h
-            for box, score, label in zip(xywh, pred["scores"].tolist(), pred["labels"].tolist(), strict=True):
+            for box, score, label in zip(xywh, scores.tolist(), labels.tolist(), strict=True):
                 self.results.append({"image_id": int(image_id), "category_id": self.label_to_category_id[int(label)],
                                      "bbox": [round(v, 3) for v in box], "score": round(float(score), 5)})  # fmt: skip
         self._eval = None
@@ -159,7 +166,9 @@ class CocoEvaluator:
         """Write the COCO results JSON (a list of {image_id, category_id, bbox xywh, score}) with dataset ids."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.results))
+        if self.non_finite:
+            _log.warning("%s: left out %d detection(s) with a non-finite box or score", path, self.non_finite)
+        path.write_text(json.dumps(self.results, allow_nan=False))
         return path
 
     def _run(self) -> Any:

@@ -37,6 +37,7 @@ from .models.detr import is_official_detr_state, load_official_detr_weights
 from .models.official import read_official_checkpoint
 from .models.rtdetr import load_official_weights
 from .train import TrainConfig, config_from_dict, get_preset
+from .train.builders import resolve_output
 
 __all__ = ["load_model", "detr_eval_size", "predict", "draw_detections", "main"]
 
@@ -134,6 +135,7 @@ def predict(
     threshold: float = 0.5,
     use_focal: bool | None = None,
     max_size: int | None = None,
+    top_k: int = 100,
 ) -> list[dict[str, Tensor]]:
     """Detections for each image ``[3, H, W]`` (uint8, or float in [0, 1]): ``{"scores" [N], "labels" [N],
     "boxes" [N, 4]}`` with xyxy boxes in that image's pixels, ``N`` the predictions scoring >= ``threshold``.
@@ -143,11 +145,11 @@ def predict(
     official DETR weights) each image keeps its aspect ratio instead (``detr_eval_size(H, W, image_size,
     max_size)``) and runs alone, since minidetr's DETR has no padding mask for a batch of different sizes.
     Either way the whole image is resized, with no padding, so the normalised boxes scale straight back to
-    its pixels.
+    its pixels. ``top_k``: the (query, class) pairs a sigmoid head keeps per image (official RT-DETR / DEIM: 300).
     """
     if use_focal is None:  # the model says which head it has (RT-DETR / DEIM: always sigmoid)
         use_focal = model.sigmoid_head
-    postprocess = PostProcess(use_focal=use_focal)
+    postprocess = PostProcess(use_focal=use_focal, num_top_queries=top_k)
     device = next(model.parameters()).device
 
     def run(group: list[Tensor], shape: list[int]) -> list[dict[str, Tensor]]:
@@ -193,13 +195,23 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--output", default="predictions", metavar="DIR", help="folder for the drawn images")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score of a drawn box (0-1)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="detections kept per image before --threshold (default: the training config's num_top_queries; "
+        "300 for the official RT-DETRv2 / DEIM presets, 100 for DETR)",
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if args.top_k is not None and args.top_k <= 0:
+        parser.error(f"--top-k {args.top_k} must be > 0")
     if not 0 <= args.threshold <= 1:
         parser.error(f"--threshold {args.threshold} must lie between 0 and 1")
     if args.image_size is not None and (args.image_size <= 0 or args.image_size % 32):
         parser.error(f"--image-size {args.image_size} must be a positive multiple of 32")
     try:
+        out = resolve_output(args.output)
         model, cfg, names = load_model(args.checkpoint, args.device, args.preset)
         images = [_load_image(p) for p in args.images]
     except (FileNotFoundError, RuntimeError, ValueError) as e:
@@ -207,17 +219,21 @@ def main(argv: list[str] | None = None) -> list[Path]:
     size = args.image_size or cfg.data.image_size
     # official DETR weights: aspect kept, shorter side `size`, longer at most 1333 at the default 800
     max_size = round(size * DETR_MAX_SIZE / DETR_SHORT_SIDE) if args.preset and cfg.model.family == "detr" else None
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    top_k = args.top_k or cfg.num_top_queries
+    written: list[Path] = []
     for path, image in zip(args.images, images, strict=True):
-        det = predict(model, [image], size, args.threshold, max_size=max_size)[0]
-        target = out / f"{Path(path).stem}_pred.png"
+        det = predict(model, [image], size, args.threshold, max_size=max_size, top_k=top_k)[0]
+        base, stem, n = Path(path).stem, Path(path).stem, 0
+        while out / f"{stem}_pred.png" in written:  # inputs of one name (a/x.jpg, b/x.jpg): x_pred.png, x_1_pred.png
+            n += 1
+            stem = f"{base}_{n}"
+        target = out / f"{stem}_pred.png"
         F.to_pil_image(draw_detections(image, det, names)).save(target)
         written.append(target)
         pairs = zip(det["labels"], det["scores"], strict=True)
         found = ", ".join(f"{names[int(c)]} {s:.2f}" for c, s in pairs) or "nothing"
-        print(f"{path}: {found} -> {target}")
+        renamed = f" (renamed: an earlier input is also named {base})" if stem != base else ""
+        print(f"{path}: {found} -> {target}{renamed}")
     return written
 
 

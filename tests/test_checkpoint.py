@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from minidetr.checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -74,6 +75,27 @@ def test_missing_and_corrupt_files_give_clear_errors(tmp_path):
     torch.save({"weight": torch.zeros(2)}, not_ours)
     with pytest.raises(RuntimeError, match="not a minidetr checkpoint"):
         load_checkpoint(not_ours)
+
+
+class _Pickled:  # an object torch.load(weights_only=True) refuses to unpickle
+    pass
+
+
+@pytest.mark.parametrize("kind", ["noise", "truncated", "pickled object"])
+def test_unreadable_files_are_named_not_minidetr_checkpoints_without_unsafe_advice(tmp_path, kind):
+    path = tmp_path / "c.pth"
+    if kind == "noise":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "truncated":
+        save_checkpoint(_state(), path)
+        path.write_bytes(path.read_bytes()[:300])
+    else:
+        torch.save({"model": {}, "extra": _Pickled()}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "c.pth" in message and "not a minidetr checkpoint" in message and "\n" not in message
+    assert "weights_only" not in message and "likely succeed" not in message
 
 
 def test_rng_state_survives_a_save_and_load(tmp_path):

@@ -139,6 +139,21 @@ def test_results_file_uses_dataset_ids(tmp_path):
     assert out[0]["bbox"] == pytest.approx([1, 2, 3, 4]) and out[0]["score"] == pytest.approx(0.5)
 
 
+def test_non_finite_detections_are_left_out_and_counted(tmp_path, caplog):
+    """NaN boxes or scores (weights gone non-finite) are no detections: never NaN in the results JSON or the AP."""
+    import logging
+
+    nan = float("nan")
+    gt = _gt({42: [(8, [0, 0, 10, 10])]})
+    ev = CocoEvaluator(COCO_from(gt), LABEL_TO_CAT)
+    ev.update([_pred([(0.5, 1, [0, 0, 10, 10]), (nan, 0, [5, 6, 7, 8]), (0.25, 0, [nan, 6, 7, 8])])], [42])
+    with caplog.at_level(logging.WARNING, logger="minidetr.evaluation"):
+        text = ev.write_results(tmp_path / "detections_epoch1.json").read_text()
+    assert "NaN" not in text and len(json.loads(text)) == 1
+    assert "left out 2 detection(s) with a non-finite box or score" in caplog.text
+    assert ev.summarize()["AP"] == pytest.approx(1.0)
+
+
 def test_ann_file_input_and_unknown_category(tmp_path):
     path = tmp_path / "instances_val.json"
     path.write_text(json.dumps(_gt({1: [(3, [0, 0, 40, 40])]})))

@@ -307,3 +307,51 @@ def test_official_detr_and_rtdetr_checkpoints_with_the_wrong_preset(official_det
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(detr_path), "--preset", "detr_shapes", *out])
     assert "--preset detr_r50" in capsys.readouterr().err
+
+
+def test_cli_gives_inputs_of_the_same_name_their_own_output(trained, tmp_path, capsys):
+    shapes, ckpt = trained
+    source = sorted(shapes.val_images.iterdir())[:3]
+    files = []
+    for folder, src in zip("abc", source, strict=True):
+        (tmp_path / folder).mkdir()
+        files.append(tmp_path / folder / "x.png")
+        files[-1].write_bytes(src.read_bytes())
+    out = tmp_path / "out"
+    written = main(["--checkpoint", str(ckpt), *map(str, files), "--output", str(out), "--threshold", "0"])
+    assert [p.name for p in written] == ["x_pred.png", "x_1_pred.png", "x_2_pred.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    lines = capsys.readouterr().out.splitlines()
+    assert "renamed" not in lines[0] and "x_1_pred.png (renamed: an earlier input is also named x)" in lines[1]
+
+
+@pytest.mark.parametrize("kind", ["existing file", "below a file"])
+def test_cli_output_that_is_not_a_writable_folder_is_one_line(trained, tmp_path, capsys, kind):
+    shapes, ckpt = trained
+    (tmp_path / "taken").write_text("a file")
+    output = tmp_path / "taken" if kind == "existing file" else tmp_path / "taken" / "sub"
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(ckpt), str(sorted(shapes.val_images.iterdir())[0]), "--output", str(output)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and str(output) in err and "--output" in err
+
+
+def test_top_k_defaults_to_the_training_config_and_reaches_the_postprocess(trained, official, tmp_path, monkeypatch):
+    shapes, ckpt = trained
+    _, official_path, image_path = official
+    seen = []
+    init = PostProcess.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self.num_top_queries)
+
+    monkeypatch.setattr(PostProcess, "__init__", spy)
+    image = str(sorted(shapes.val_images.iterdir())[0])
+    main(["--checkpoint", str(ckpt), image, "--output", str(tmp_path)])
+    main(["--checkpoint", str(ckpt), image, "--output", str(tmp_path), "--top-k", "7"])
+    main(["--checkpoint", str(official_path), str(image_path), "--preset", "deim_r50", "--image-size", "320",
+          "--output", str(tmp_path), "--threshold", "0"])  # fmt: skip
+    assert seen == [get_preset("detr_tiny").num_top_queries, 7, 300]
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(ckpt), image, "--top-k", "0"])

@@ -16,6 +16,7 @@ class DatasetError(ValueError):
 PROBLEM_KINDS: dict[str, tuple[bool, str, str]] = {
     "missing_file": (True, "annotation file does not exist", "check the --ann/--data path and the file name"),
     "invalid_json": (True, "annotation file is not valid JSON", "it may be truncated: download or export it again"),
+    "not_utf8": (True, "annotation file is not UTF-8 text", "JSON is UTF-8: save or export it again as UTF-8"),
     "not_coco": (
         True,
         "not a COCO detection file",

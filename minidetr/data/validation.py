@@ -107,9 +107,12 @@ def read_annotations(ann_file: str | os.PathLike, report: Report) -> dict[str, A
     if not path.is_file():
         report.add("missing_file", f"{path} does not exist")
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    try:  # utf-8-sig: a UTF-8 byte-order mark (Windows editors and exporters write one) is not an error
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        report.add("not_utf8", f"{path}: {e}")
+        return None
+    except json.JSONDecodeError as e:
         report.add("invalid_json", f"{path} is not valid JSON ({e}); it may be truncated")
         return None
     if not isinstance(data, dict):

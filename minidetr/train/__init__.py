@@ -24,7 +24,7 @@ from .config import (
     save_config,
 )
 from .ema import ModelEMA
-from .engine import NonFiniteLossError, evaluate, move_targets, train_one_epoch
+from .engine import NonFiniteLossError, NonFiniteWeightsError, evaluate, move_targets, train_one_epoch
 from .logs import MetricsLogger, read_metrics, series, truncate_metrics
 from .optim import (
     FlatCosine,
@@ -51,6 +51,7 @@ __all__ = [
     "MetricsLogger",
     "ModelEMA",
     "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "PRESETS",
     "TrainConfig",
     "WarmupMultiStep",

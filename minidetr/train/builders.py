@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name!r}: CUDA is not available on this machine; use --device cpu or auto")
     return device
+
+
+def resolve_output(path: str | Path, flag: str = "--output") -> Path:
+    """``path`` as a folder that exists and takes files, else a ``ConfigError`` naming it (before any work)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        what = "is a file, not a folder" if out.is_file() else f"cannot be written to ({e.strerror or e})"
+        raise ConfigError(f"{flag} {str(out)!r} {what}: pass a folder you can write to") from None
+    return out
 
 
 def seed_everything(seed: int) -> None:

@@ -5,6 +5,7 @@ and exit status 2, without a traceback.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,12 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import DatasetError
 from ..distributed import is_main_process
 from .builders import resolve_device
-from .config import ConfigError, TrainConfig, config_from_dict
+from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from .engine import NonFiniteLossError
 from .optim import scale_epoch_schedule
 from .overrides import apply_overrides
 from .presets import DEFAULT_PRESET, get_preset, preset_descriptions
-from .run import CHECKPOINT_NAME, fit
+from .run import check_resumable, fit
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -80,8 +81,10 @@ def _positive(tp, allow_zero: bool = False):
 
 def config_from_args(args, parser) -> TrainConfig:
     """The run's config: preset (or the resumed checkpoint's config), then --set, then explicit flags."""
+    saved = None
     if args.resume and args.preset is None:
-        cfg = config_from_dict(load_checkpoint(args.resume)["config"])
+        saved = config_from_dict(check_resumable(load_checkpoint(args.resume), args.resume)["config"])
+        cfg = copy.deepcopy(saved)
     else:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
     preset_epochs = cfg.epochs
@@ -118,7 +121,36 @@ def config_from_args(args, parser) -> TrainConfig:
                 f"{epochs} epochs instead of {cfg.preset}'s {preset_epochs}: schedule scaled to fit "
                 f"({', '.join(changes)}); --set KEY=VALUE keeps a value of your own"
             )
+    if saved is not None:
+        _check_resume_changes(saved, cfg, args.resume)
     return cfg.validate()
+
+
+# What --resume may change in the checkpoint's config: the length of the run, how often it evaluates and logs,
+# the loader's workers, the evaluation, and the base lrs (fit() then rescales the schedule to them). Anything
+# else (the model, the data, the batch, the loss, the seed, ...) would give a different run than the one the
+# checkpoint's weights, optimiser moments and random state belong to.
+RESUMABLE = ("epochs", "eval_every", "log_every", "num_workers", "eval_backend", "num_top_queries", "compile", "lr",
+             "lr_backbone")  # fmt: skip
+
+
+def _check_resume_changes(saved: TrainConfig, cfg: TrainConfig, resume: str) -> None:
+    a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
+    refused = [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in b if a.get(k) != b[k] and k not in RESUMABLE]
+    if (saved.lr_backbone == 0) != (cfg.lr_backbone == 0):
+        refused.append(f"lr_backbone ({saved.lr_backbone!r} -> {cfg.lr_backbone!r}: freezes or unfreezes the backbone)")
+    if refused:
+        raise ConfigError(
+            f"--resume {resume} cannot change {', '.join(refused)}: only {', '.join(RESUMABLE)} may change on "
+            "resume; start a new run (without --resume) for the rest"
+        )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -128,7 +160,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         width = max(map(len, preset_descriptions()))
         print("\n".join(f"{name:<{width}}  {desc}" for name, desc in preset_descriptions().items()))
         return None
-    output = None
     try:
         cfg = config_from_args(args, parser)
         device = resolve_device(args.device)
@@ -139,9 +170,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as e:
         _exit_with(parser, _user_message(e))
     except NonFiniteLossError as e:
-        ckpt = Path(output) / CHECKPOINT_NAME
-        kept = f"the last good checkpoint {ckpt} is untouched (resume with --resume {ckpt})"
-        _exit_with(parser, f"{e}\ntraining stopped; " + (kept if ckpt.is_file() else "no checkpoint was written yet"))
+        _exit_with(parser, f"{e}; training stopped; {_kept(getattr(e, 'last_checkpoint', None))}")
+    except KeyboardInterrupt as e:  # Ctrl-C: where to go on from, not a traceback; 130 = 128 + SIGINT
+        ckpt = getattr(e, "last_checkpoint", None) or args.resume  # before the first epoch: the resumed one
+        where = f"the last checkpoint is {ckpt} (resume with --resume {ckpt})" if ckpt else "no checkpoint was written"
+        _exit_with(parser, f"interrupted; {where}", status=130)
+
+
+def _kept(ckpt: Path | None) -> str:
+    """Where a stopped run's last good state is: the checkpoint fit() wrote (or resumed from) last, if any."""
+    if ckpt is None:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint {ckpt} is untouched (resume with --resume {ckpt})"
 
 
 def _user_message(e: BaseException) -> str:
@@ -154,8 +194,8 @@ def _user_message(e: BaseException) -> str:
     return text
 
 
-def _exit_with(parser, message: str) -> None:
+def _exit_with(parser, message: str, status: int = 2) -> None:
     import sys
 
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    print(f"{parser.prog}: {'error: ' if status == 2 else ''}{message}", file=sys.stderr)
+    sys.exit(status)

@@ -138,18 +138,30 @@ class TrainConfig:
             "num_top_queries": self.num_top_queries,
         }
         for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be > 0, got {value}")
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key} must be a finite number > 0, got {value}")
         non_negative = {
             "lr_backbone": self.lr_backbone,
             "weight_decay": self.weight_decay,
             "clip_max_norm": self.clip_max_norm,
             "warmup_steps": self.warmup_steps,
             "num_workers": self.num_workers,
+            "lr_drop": self.lr_drop,
+            "flat_epoch": self.flat_epoch,
+            "no_aug_epoch": self.no_aug_epoch,
+            "ema_warmups": self.ema_warmups,
         }
         for key, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{key} must be >= 0, got {value}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+            raise ConfigError(f"lr_gamma must lie in (0, 1] (the factor the lr drops by), got {self.lr_gamma}")
+        if not 0 < self.ema_decay < 1:  # also refuses nan
+            raise ConfigError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.9999), got {self.ema_decay}")
+        if not (math.isfinite(self.data.zoom_out_max) and self.data.zoom_out_max >= 1):
+            raise ConfigError(f"data.zoom_out_max must be a finite number >= 1, got {self.data.zoom_out_max}")
+        if any(m < 0 for m in self.lr_milestones):
+            raise ConfigError(f"lr_milestones must be epochs >= 0, got {self.lr_milestones}")
         d = self.data
         if d.source == "coco" and not d.root:
             raise ConfigError("data.source='coco' needs data.root (the COCO 2017 folder); pass --data ROOT")

@@ -30,6 +30,8 @@ _log = logging.getLogger("minidetr.train")
 __all__ = [
     "train_one_epoch",
     "NonFiniteLossError",
+    "NonFiniteWeightsError",
+    "check_finite_weights",
     "evaluate",
     "move_targets",
 ]
@@ -54,6 +56,27 @@ class NonFiniteLossError(FloatingPointError):
             f"({all_terms}); lower the lr (or warm it up longer) or check the dataset's boxes with "
             "python -m minidetr.data.check"
         )
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """The weights (``where``: ``"model"`` or ``"ema"``) hold NaN or inf after an epoch; ``names`` the tensors."""
+
+    def __init__(self, epoch: int, step: int, where: str, names: list[str]):
+        self.epoch, self.step, self.terms, self.where, self.names = epoch, step, {}, where, names
+        FloatingPointError.__init__(
+            self,
+            f"non-finite {'EMA ' if where == 'ema' else ''}weights after epoch {epoch} (step {step}) in "
+            f"{len(names)} tensor(s), e.g. {names[0]}; nothing was evaluated or saved for this epoch; lower the lr "
+            "(or warm it up longer) or check the dataset's boxes with python -m minidetr.data.check",
+        )
+
+
+def check_finite_weights(module: nn.Module, epoch: int, step: int, where: str = "model") -> None:
+    """Raise :class:`NonFiniteWeightsError` when a floating-point parameter or buffer of ``module`` is NaN/inf."""
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    bad = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteWeightsError(epoch, step, where, bad)
 
 
 def train_one_epoch(

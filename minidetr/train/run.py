@@ -9,6 +9,7 @@ A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (see
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import logging
 import time
@@ -19,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import (
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     load_state_dicts,
@@ -32,13 +34,21 @@ from ..distributed import all_gather_objects, init_distributed, is_main_process,
 from ..evaluation import CocoEvaluator, PostProcess, format_table
 from ..models import build_model
 from . import engine
-from .builders import build_criterion, build_datasets, mixed_precision, resolve_data, resolve_device, seed_everything
+from .builders import (
+    build_criterion,
+    build_datasets,
+    mixed_precision,
+    resolve_data,
+    resolve_device,
+    resolve_output,
+    seed_everything,
+)
 from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, format_config, resolve_loss, save_config
 from .ema import ModelEMA
 from .logs import MetricsLogger, truncate_metrics
 from .optim import build_lr_schedule, build_optimizer
 
-__all__ = ["fit", "CHECKPOINT_NAME"]
+__all__ = ["fit", "check_resumable", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pth"
 _log = logging.getLogger("minidetr.train")
@@ -69,9 +79,17 @@ def fit(
     dist_info = init_distributed(device)  # torchrun: join the process group (no-op otherwise)
     if dist_info.distributed and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)  # one GPU per process
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = resolve_output(output_dir)
+    if is_main_process():
+        _remove_stale_temp_files(out)
     state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
+    if state is not None:
+        check_resumable(state, resume)
+        if cfg.epochs < state["epoch"] + 1:
+            raise ConfigError(
+                f"--resume {resume}: the checkpoint has finished {state['epoch'] + 1} epochs, more than epochs="
+                f"{cfg.epochs}; give --epochs {state['epoch'] + 1} or more (the same number only evaluates it)"
+            )
 
     # ---- the run's objects: data, model, criterion, optimiser, schedule, EMA, precision
     paths = resolve_data(cfg, data)
@@ -115,39 +133,51 @@ def fit(
     # ---- the loop: an epoch of training, evaluation when due, a checkpoint
     eval_model = ema.module if ema is not None else model  # the EMA weights are the ones evaluated and kept
     stats: dict[str, Any] = {}
-    with MetricsLogger(out / "metrics.jsonl", append=state is not None) as logger:
-        for epoch in range(start_epoch, cfg.epochs):
-            set_epoch(train_loader, epoch)  # augmentation policy, multi-scale, DistributedSampler shuffle
-            step, means = engine.train_one_epoch(
-                train_model, criterion, train_loader, optimizer, scheduler, device, epoch, step=step,
-                clip_max_norm=cfg.clip_max_norm, logger=logger, log_every=cfg.log_every, progress=progress,
-                ema=ema, scaler=scaler, amp_dtype=amp_dtype,
-            )  # fmt: skip
-            if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
-                stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, out, epoch, progress)
-                scalars = {k: v for k, v in stats.items() if k not in ("per_class_AP", "epoch")}
-                logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **scalars)
-            # Every process's random state (a collective: all ranks call it), so a resumed run goes on exactly.
-            random_states = all_gather_objects(_random_state(train_loader))
-            if is_main_process():
-                checkpoint = {
-                    "model": unwrap_model(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "step": step,
-                    "config": config_to_dict(cfg),
-                    **random_states[0],  # "rng", "loader_generator": rank 0's
-                    # under torchrun every rank's, in rank order (rank 0's again at index 0)
-                    **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
-                    "class_names": list(train_set.class_names),
-                    "label_to_category_id": list(train_set.label_to_category_id),
-                    **state_dicts(stateful),
-                }
-                save_checkpoint(checkpoint, out / CHECKPOINT_NAME)
-            ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats.get("epoch") == epoch else ""
-            loss, elapsed = means.get("loss", float("nan")), time.perf_counter() - start_time
-            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}{ap}  ({elapsed:.0f} s)", verbose)
+    # The newest checkpoint that holds this run's good state; an error that stops the run carries it
+    # (``last_checkpoint``) so that the CLI names the file to resume from only when there is one.
+    last_checkpoint = Path(resume) if resume is not None else None
+    try:
+        with MetricsLogger(out / "metrics.jsonl", append=state is not None) as logger:
+            for epoch in range(start_epoch, cfg.epochs):
+                set_epoch(train_loader, epoch)  # augmentation policy, multi-scale, DistributedSampler shuffle
+                step, means = engine.train_one_epoch(
+                    train_model, criterion, train_loader, optimizer, scheduler, device, epoch, step=step,
+                    clip_max_norm=cfg.clip_max_norm, logger=logger, log_every=cfg.log_every, progress=progress,
+                    ema=ema, scaler=scaler, amp_dtype=amp_dtype,
+                )  # fmt: skip
+                # The last step's update is not checked by the next loss: never evaluate or save NaN weights.
+                engine.check_finite_weights(unwrap_model(model), epoch, step)
+                if ema is not None:
+                    engine.check_finite_weights(ema.module, epoch, step, "ema")
+                if epoch == cfg.epochs - 1 or (epoch + 1) % cfg.eval_every == 0:
+                    stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, out, epoch, progress)
+                    scalars = {k: v for k, v in stats.items() if k not in ("per_class_AP", "epoch")}
+                    logger.log("eval", step=step, epoch=epoch, time_s=time.perf_counter() - start_time, **scalars)
+                # Every process's random state (a collective: all ranks call it), so a resumed run goes on exactly.
+                random_states = all_gather_objects(_random_state(train_loader))
+                if is_main_process():
+                    checkpoint = {
+                        "model": unwrap_model(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "lr_scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "config": config_to_dict(cfg),
+                        **random_states[0],  # "rng", "loader_generator": rank 0's
+                        # under torchrun every rank's, in rank order (rank 0's again at index 0)
+                        **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
+                        "class_names": list(train_set.class_names),
+                        "label_to_category_id": list(train_set.label_to_category_id),
+                        **state_dicts(stateful),
+                    }
+                    _save(checkpoint, out / CHECKPOINT_NAME, last_checkpoint)
+                last_checkpoint = out / CHECKPOINT_NAME
+                ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats.get("epoch") == epoch else ""
+                loss, elapsed = means.get("loss", float("nan")), time.perf_counter() - start_time
+                _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss:.4f}{ap}  ({elapsed:.0f} s)", verbose)
+    except (engine.NonFiniteLossError, KeyboardInterrupt) as e:
+        e.last_checkpoint = last_checkpoint  # type: ignore[attr-defined]
+        raise
 
     if not stats:  # resumed a finished run: evaluate what the checkpoint holds
         stats = _evaluate(eval_model, postprocess, val_loader, val_set, cfg, device, out, start_epoch - 1, progress)
@@ -155,6 +185,47 @@ def fit(
     table = format_table(stats, stats.get("per_class_AP"))
     _say(f"\nCOCO evaluation on {paths.val_ann} after {cfg.epochs} epochs:\n{table}", verbose)
     return stats
+
+
+# What a checkpoint needs for a run to go on from it (save_checkpoint's callers may store less).
+RESUME_ENTRIES = ("model", "optimizer", "lr_scheduler", "epoch", "step", "config", "rng", "loader_generator")
+
+
+def check_resumable(state: dict[str, Any], resume: Any) -> dict[str, Any]:
+    """``state`` itself, or a ``CheckpointError`` naming the entries a resume needs that it lacks."""
+    missing = [k for k in RESUME_ENTRIES if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {str(resume)!r}: it lacks {', '.join(repr(k) for k in missing)} (weights only? a "
+            "training run's checkpoint.pth holds all of " + ", ".join(RESUME_ENTRIES) + "); start a new run instead"
+        )
+    return state
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete the temp files of checkpoint writes a killed run never finished (``save_checkpoint``'s names)."""
+    stale = list(out.glob(f".{CHECKPOINT_NAME}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        _log.warning("%s: removed %d unfinished checkpoint write(s) left by an interrupted run", out, len(stale))
+
+
+def _save(checkpoint: dict[str, Any], path: Path, previous: Path | None) -> None:
+    """``save_checkpoint``, with a disk full (or any failed write) as a ``CheckpointError`` that says the previous
+    checkpoint is intact: the write is atomic, so a failed one leaves the target as it was."""
+    try:
+        save_checkpoint(checkpoint, path)
+    except (OSError, RuntimeError) as e:  # ENOSPC; torch's writer: "[enforce fail at inline_container.cc] ..."
+        if isinstance(e, OSError) and e.strerror:
+            why = e.strerror if e.errno == errno.ENOSPC else f"{e.strerror}; disk full or not writable?"
+        else:
+            why = f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}; disk full?"
+        kept = f"the previous checkpoint {previous} is intact (resume with --resume {previous})"
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({why}): training stopped; "
+            f"{kept if previous else 'no earlier checkpoint of this run exists'}; free space or pass another --output"
+        ) from e
 
 
 def _say(message: str, verbose: bool) -> None:
@@ -165,10 +236,16 @@ def _say(message: str, verbose: bool) -> None:
 def _restore(state, model, optimizer, scheduler, loader, stateful, dist_info, resume) -> tuple[int, int]:
     """Load a checkpoint's training state; returns ``(first epoch to run, step)``."""
     unwrap_model(model).load_state_dict(state["model"])
+    base_lrs = list(scheduler.base_lrs)  # the current config's lr / lr_backbone
     optimizer.load_state_dict(state["optimizer"])
     # The step count comes from the checkpoint, the schedule's shape from the current config (so that
     # --resume --epochs N can extend a run): LambdaLR skips lr_lambdas entries that are None.
     scheduler.load_state_dict({**state["lr_scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    if base_lrs != scheduler.base_lrs:  # --resume --set lr=...: the schedule goes on from the new base lrs
+        scheduler.base_lrs = base_lrs
+        for group, base, factor in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"], group["lr"] = base, base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
     _restore_random_state(state, loader, dist_info)
     load_state_dicts(stateful, state, resume)
     return state["epoch"] + 1, state["step"]
