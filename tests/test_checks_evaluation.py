@@ -23,7 +23,9 @@ def good_giou(a, b):
     return inter / union - (hull - union) / hull
 
 
-def good_ap(pred_boxes, scores, gt_boxes, iou_threshold, envelope=True, points=101):
+def good_ap(pred_boxes, scores, gt_boxes, iou_threshold, envelope=True, points=101, first_match=False):
+    """COCO-style AP by hand; ``first_match=True`` is a plausible mistake: each detection takes the FIRST unmatched
+    GT above the threshold instead of the one with the highest IoU."""
     records, num_gt = [], sum(len(t) for t in gt_boxes)
     for p, s, t in zip(pred_boxes, scores, gt_boxes, strict=True):
         order = torch.argsort(s, descending=True, stable=True)
@@ -32,7 +34,8 @@ def good_ap(pred_boxes, scores, gt_boxes, iou_threshold, envelope=True, points=1
         for row, d in enumerate(order.tolist()):
             cand = iou[row].clone()
             cand[taken] = -1
-            j = int(cand.argmax()) if len(t) else -1
+            above = (cand >= iou_threshold).nonzero().flatten().tolist()
+            j = (above[0] if above else -1) if first_match else (int(cand.argmax()) if len(t) else -1)
             tp = j >= 0 and cand[j] >= iou_threshold
             if tp:
                 taken[j] = True
@@ -84,23 +87,8 @@ def test_ap_correct_passes(capsys):
     assert "✅" in capsys.readouterr().out
 
 
-def first_match_ap(pred_boxes, scores, gt_boxes, iou_threshold):
-    """A plausible mistake: each detection takes the FIRST unmatched GT above the threshold, not the best one."""
-    records, num_gt = [], sum(len(t) for t in gt_boxes)
-    for p, s, t in zip(pred_boxes, scores, gt_boxes, strict=True):
-        order = torch.argsort(s, descending=True, stable=True)
-        iou = box_iou(p[order], t) if len(t) else torch.zeros(len(p), 0)
-        taken = torch.zeros(len(t), dtype=torch.bool)
-        for row, d in enumerate(order.tolist()):
-            free = [j for j in range(len(t)) if not taken[j] and iou[row, j] >= iou_threshold]
-            if free:
-                taken[free[0]] = True
-            records.append((s[d].item(), bool(free)))
-    records.sort(key=lambda r: -r[0])
-    tp, fp = np.cumsum([r[1] for r in records]), np.cumsum([not r[1] for r in records])
-    recall, precision = tp / num_gt, np.maximum.accumulate((tp / np.maximum(tp + fp, 1))[::-1])[::-1]
-    idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
-    return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
+def first_match_ap(*args):
+    return good_ap(*args, first_match=True)
 
 
 def test_the_first_gt_above_the_threshold_is_not_the_best_one():
