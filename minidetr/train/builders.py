@@ -1,6 +1,6 @@
 """Turning a ``TrainConfig`` into the objects of a run: device, data, criterion, mixed precision, seeds.
 
-``minidetr.train.run`` calls these, then hands the objects to the loops in ``minidetr.train.engine``. This is
+``minidetr.train.fit`` calls these, then hands the objects to the loops in ``minidetr.train.engine``. This is
 the one place a config becomes a criterion (``build_criterion``); the model is ``minidetr.build_model``'s, the
 optimiser and lr schedule ``minidetr.train.optim``'s.
 """

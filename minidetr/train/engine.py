@@ -4,7 +4,7 @@
 (``criterion.total``), backward, gradient clipping, AdamW step, per-step lr schedule. ``evaluate`` runs the
 model on the validation loader, post-processes to boxes in original-image pixels and feeds a
 ``CocoEvaluator``. The loops know nothing of files or configs (``minidetr.train.builders`` turns a
-``TrainConfig`` into data, criterion and device); ``minidetr.train.run`` wires them together and owns the run
+``TrainConfig`` into data, criterion and device); ``minidetr.train.fit`` wires them together and owns the run
 folder. One code path for every precision: autocast or a ``nullcontext``, and a ``GradScaler`` that is
 enabled for fp16 only (disabled, its calls pass the loss and the step through unchanged).
 """

@@ -83,7 +83,9 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, An
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file at {str(path)!r}; it is written by minidetr.train.run")
+        raise FileNotFoundError(
+            f"no metrics file at {str(path)!r}; it is written by minidetr.train.fit (python -m minidetr.train)"
+        )
     lines = path.read_text().splitlines()
     records = []
     for i, line in enumerate(lines):
