@@ -13,6 +13,7 @@ checkpoint intact, never a truncated one.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+_log = logging.getLogger("minidetr.train")
+
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
@@ -34,6 +37,9 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "unwrap_model",
+    "RESUME_ENTRIES",
+    "check_resumable",
+    "remove_stale_temp_files",
 ]
 
 
@@ -169,3 +175,27 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+# What a checkpoint needs for a run to go on from it (save_checkpoint's callers may store less).
+RESUME_ENTRIES = ("model", "optimizer", "lr_scheduler", "epoch", "step", "config", "rng", "loader_generator")
+
+
+def check_resumable(state: dict[str, Any], resume: Any) -> dict[str, Any]:
+    """``state`` itself, or a ``CheckpointError`` naming the entries a resume needs that it lacks."""
+    missing = [k for k in RESUME_ENTRIES if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {str(resume)!r}: it lacks {', '.join(repr(k) for k in missing)} (weights only? a "
+            "training run's checkpoint.pth holds all of " + ", ".join(RESUME_ENTRIES) + "); start a new run instead"
+        )
+    return state
+
+
+def remove_stale_temp_files(folder: Path, name: str) -> None:
+    """Delete the temp files of writes of ``folder/name`` a killed run never finished (``save_checkpoint``'s names)."""
+    stale = list(Path(folder).glob(f".{name}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        _log.warning("%s: removed %d unfinished checkpoint write(s) left by an interrupted run", folder, len(stale))

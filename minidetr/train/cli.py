@@ -9,7 +9,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, check_resumable, load_checkpoint
 from ..data import DatasetError
 from ..distributed import is_main_process
 from .builders import resolve_device
@@ -18,7 +18,7 @@ from .engine import NonFiniteLossError
 from .optim import scale_epoch_schedule
 from .overrides import apply_overrides
 from .presets import DEFAULT_PRESET, get_preset, preset_descriptions
-from .run import check_resumable, fit
+from .run import fit
 
 __all__ = ["build_parser", "config_from_args", "main"]
 

@@ -22,8 +22,10 @@ from tqdm import tqdm
 from ..checkpoint import (
     CheckpointError,
     capture_rng_state,
+    check_resumable,
     load_checkpoint,
     load_state_dicts,
+    remove_stale_temp_files,
     restore_rng_state,
     save_checkpoint,
     state_dicts,
@@ -81,15 +83,8 @@ def fit(
         device = torch.device("cuda", dist_info.local_rank)  # one GPU per process
     out = resolve_output(output_dir)
     if is_main_process():
-        _remove_stale_temp_files(out)
-    state = load_checkpoint(resume, map_location="cpu") if resume is not None else None
-    if state is not None:
-        check_resumable(state, resume)
-        if cfg.epochs < state["epoch"] + 1:
-            raise ConfigError(
-                f"--resume {resume}: the checkpoint has finished {state['epoch'] + 1} epochs, more than epochs="
-                f"{cfg.epochs}; give --epochs {state['epoch'] + 1} or more (the same number only evaluates it)"
-            )
+        remove_stale_temp_files(out, CHECKPOINT_NAME)
+    state = _read_resume(resume, cfg) if resume is not None else None
 
     # ---- the run's objects: data, model, criterion, optimiser, schedule, EMA, precision
     paths = resolve_data(cfg, data)
@@ -156,20 +151,8 @@ def fit(
                 # Every process's random state (a collective: all ranks call it), so a resumed run goes on exactly.
                 random_states = all_gather_objects(_random_state(train_loader))
                 if is_main_process():
-                    checkpoint = {
-                        "model": unwrap_model(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "lr_scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "config": config_to_dict(cfg),
-                        **random_states[0],  # "rng", "loader_generator": rank 0's
-                        # under torchrun every rank's, in rank order (rank 0's again at index 0)
-                        **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
-                        "class_names": list(train_set.class_names),
-                        "label_to_category_id": list(train_set.label_to_category_id),
-                        **state_dicts(stateful),
-                    }
+                    objects = {"model": unwrap_model(model), "optimizer": optimizer, "lr_scheduler": scheduler}
+                    checkpoint = _checkpoint(objects, stateful, epoch, step, cfg, random_states, train_set)
                     _save(checkpoint, out / CHECKPOINT_NAME, last_checkpoint)
                 last_checkpoint = out / CHECKPOINT_NAME
                 ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats.get("epoch") == epoch else ""
@@ -187,28 +170,31 @@ def fit(
     return stats
 
 
-# What a checkpoint needs for a run to go on from it (save_checkpoint's callers may store less).
-RESUME_ENTRIES = ("model", "optimizer", "lr_scheduler", "epoch", "step", "config", "rng", "loader_generator")
-
-
-def check_resumable(state: dict[str, Any], resume: Any) -> dict[str, Any]:
-    """``state`` itself, or a ``CheckpointError`` naming the entries a resume needs that it lacks."""
-    missing = [k for k in RESUME_ENTRIES if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"cannot resume from {str(resume)!r}: it lacks {', '.join(repr(k) for k in missing)} (weights only? a "
-            "training run's checkpoint.pth holds all of " + ", ".join(RESUME_ENTRIES) + "); start a new run instead"
+def _read_resume(resume: Any, cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint to resume from, refused when it lacks what a resume needs or has more epochs than ``cfg``."""
+    state = check_resumable(load_checkpoint(resume, map_location="cpu"), resume)
+    if cfg.epochs < state["epoch"] + 1:
+        raise ConfigError(
+            f"--resume {resume}: the checkpoint has finished {state['epoch'] + 1} epochs, more than epochs="
+            f"{cfg.epochs}; give --epochs {state['epoch'] + 1} or more (the same number only evaluates it)"
         )
     return state
 
 
-def _remove_stale_temp_files(out: Path) -> None:
-    """Delete the temp files of checkpoint writes a killed run never finished (``save_checkpoint``'s names)."""
-    stale = list(out.glob(f".{CHECKPOINT_NAME}.*.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        _log.warning("%s: removed %d unfinished checkpoint write(s) left by an interrupted run", out, len(stale))
+def _checkpoint(objects, stateful, epoch, step, cfg, random_states, train_set) -> dict[str, Any]:
+    """What ``checkpoint.pth`` holds after ``epoch`` (see ``minidetr.checkpoint``)."""
+    return {
+        **{name: obj.state_dict() for name, obj in objects.items()},  # model, optimizer, lr_scheduler
+        "epoch": epoch,
+        "step": step,
+        "config": config_to_dict(cfg),
+        **random_states[0],  # "rng", "loader_generator": rank 0's
+        # under torchrun every rank's, in rank order (rank 0's again at index 0)
+        **({"rank_random_states": random_states} if len(random_states) > 1 else {}),
+        "class_names": list(train_set.class_names),
+        "label_to_category_id": list(train_set.label_to_category_id),
+        **state_dicts(stateful),
+    }
 
 
 def _save(checkpoint: dict[str, Any], path: Path, previous: Path | None) -> None:
