@@ -79,6 +79,23 @@ def test_metrics_jsonl_has_train_and_eval_records(run):
     assert evals[-1]["AP"] == pytest.approx(stats["AP"]) and evals[-1]["AP50"] == pytest.approx(stats["AP50"])
 
 
+def test_metrics_jsonl_counts_the_boxes_augmentation_removes_each_epoch(run, shapes, tmp_path):
+    from minidetr.data import CocoDetection
+
+    loaded = CocoDetection(shapes.train_images, shapes.train_ann)  # the boxes the loader keeps (crowd left out)
+    annotated = sum(len(loaded[i][1]["labels"]) for i in range(len(loaded)))
+    out, _ = run
+    data = read_metrics(out, kind="data")  # detr_tiny trains with RT-DETR's augmentations (IoU crop, zoom-out)
+    assert [r["epoch"] for r in data] == [0, 1]  # one record per epoch
+    assert all(r["boxes_kept"] + r["boxes_removed_by_augmentation"] == annotated for r in data)
+    assert sum(r["boxes_removed_by_augmentation"] for r in data) > 0
+    assert all(r["share_removed"] == pytest.approx(r["boxes_removed_by_augmentation"] / annotated) for r in data)
+    torch.set_num_threads(1)
+    fit(tiny_cfg(**{"data.augment": "false"}), tmp_path, data=shapes, progress=False, verbose=False)
+    plain = read_metrics(tmp_path, kind="data")  # resize and flip only: every box reaches the batches
+    assert all(r["boxes_kept"] == annotated and r["boxes_removed_by_augmentation"] == 0 for r in plain)
+
+
 def test_detections_use_the_datasets_own_ids(run, shapes):
     out, _ = run
     gt = json.loads(shapes.val_ann.read_text())

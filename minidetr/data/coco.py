@@ -173,6 +173,8 @@ class CocoDetection(torchvision.datasets.CocoDetection):
             "image_id": int(image_id),
             "orig_size": torch.tensor([h, w], dtype=torch.int64),
             "size": torch.tensor([out_h, out_w], dtype=torch.int64),
+            # boxes the augmentations removed (cut away by a crop, shrunk below 1 px): counted per epoch in training
+            "boxes_removed": len(labels) - len(target["labels"]),
         }
 
     def __repr__(self) -> str:

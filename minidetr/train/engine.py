@@ -115,6 +115,7 @@ def train_one_epoch(
     epoch_sums: dict[str, float] = defaultdict(float)
     window: dict[str, float] = defaultdict(float)
     n_epoch = n_window = over_window = over_epoch = 0
+    boxes_kept = boxes_removed = 0
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}", disable=not (progress and is_main_process()), leave=False, dynamic_ncols=True
     )
@@ -136,6 +137,8 @@ def train_one_epoch(
         over = sum(int(len(t["labels"]) > num_queries) for t in targets)
         over_window += over
         over_epoch += over
+        boxes_kept += sum(len(t["labels"]) for t in targets)
+        boxes_removed += sum(int(t.get("boxes_removed", 0)) for t in targets)
         optimizer.zero_grad(set_to_none=True)
         # Under DDP every parameter must take part in backward (a batch without targets skips denoising).
         # fp16: scale so that small gradients do not underflow, and unscale before clipping.
@@ -172,7 +175,8 @@ def train_one_epoch(
             "epoch %d: %d image(s) had more targets than the model's %d queries; only %d of their boxes can be "
             "matched: raise model.num_queries", epoch, over_epoch, num_queries, num_queries,
         )  # fmt: skip
-    return step, {**{k: v / max(1, n_epoch) for k, v in epoch_sums.items()}, "images_over_queries": over_epoch}
+    counts = {"images_over_queries": over_epoch, "boxes_kept": boxes_kept, "boxes_removed": boxes_removed}
+    return step, {**{k: v / max(1, n_epoch) for k, v in epoch_sums.items()}, **counts}
 
 
 @torch.no_grad()

@@ -1,12 +1,14 @@
 """``metrics.jsonl``: one JSON record per line, written during training, read by notebooks and plots.
 
-Two kinds of record, told apart by ``"kind"``:
+Three kinds of record, told apart by ``"kind"``:
 
 - ``"train"``: ``step`` (optimisation steps so far), ``epoch`` (0-based), ``lr`` (main group), ``loss``
   (the weighted total), and every unweighted loss term (``loss_ce``, ``loss_bbox``, ``loss_giou``,
   ``loss_ce_0``, ...), each averaged over the steps since the previous record, and
   ``images_over_queries`` (images in those steps with more targets than queries: the surplus targets
   cannot be matched and are counted rather than silently dropped).
+- ``"data"``, one per epoch: ``boxes_kept`` (target boxes the training batches held after augmentation),
+  ``boxes_removed_by_augmentation`` (boxes the crops and sanitising removed) and their ``share_removed``.
 - ``"eval"``: ``step``, ``epoch`` and the COCO stats (``AP``, ``AP50``, ..., ``AR100``), plus
   ``time_s`` (seconds since the run started).
 

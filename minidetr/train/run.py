@@ -140,6 +140,7 @@ def fit(
                     clip_max_norm=cfg.clip_max_norm, logger=logger, log_every=cfg.log_every, progress=progress,
                     ema=ema, scaler=scaler, amp_dtype=amp_dtype,
                 )  # fmt: skip
+                logger.log("data", step=step, epoch=epoch, **_data_counts(means))
                 # The last step's update is not checked by the next loss: never evaluate or save NaN weights.
                 engine.check_finite_weights(unwrap_model(model), epoch, step)
                 if ema is not None:
@@ -168,6 +169,13 @@ def fit(
     table = format_table(stats, stats.get("per_class_AP"))
     _say(f"\nCOCO evaluation on {paths.val_ann} after {cfg.epochs} epochs:\n{table}", verbose)
     return stats
+
+
+def _data_counts(means: dict[str, float]) -> dict[str, float]:
+    """The epoch's ``"data"`` record: boxes the training images kept after augmentation and boxes it removed."""
+    kept, removed = int(means["boxes_kept"]), int(means["boxes_removed"])
+    share = removed / max(1, kept + removed)
+    return {"boxes_kept": kept, "boxes_removed_by_augmentation": removed, "share_removed": share}
 
 
 def _read_resume(resume: Any, cfg: TrainConfig) -> dict[str, Any]:
