@@ -1,4 +1,4 @@
-"""VFL against MAL on the tiny RT-DETRv2: the same model, data, schedule and seeds; only the classification loss differs.
+"""VFL against MAL on the tiny RT-DETRv2: same model, data, schedule and seeds; only the classification loss differs.
 
 Lesson 07 loads the logs this writes. Each arm is the ``rtdetr_shapes`` preset (RT-DETRv2 at CPU size, warm-up then
 constant lr, EMA, 12 epochs on the 2000-image synthetic shapes set) with ``loss_class`` set to ``vfl`` (the preset's
