@@ -19,3 +19,25 @@ def test_deim_r50_gpu_benchmark_script_runs_on_cpu(tmp_path):
     assert "kept" in text  # the other sections stay
     assert "| iterations (+ warm-up) / batch / size | 2 (+1) / 1 / 128 |" in text
     assert "| device / torch | cpu /" in text and "images/s" in text
+
+
+def test_vfl_vs_mal_writes_configs_that_differ_only_in_the_loss(tmp_path, monkeypatch):
+    """The study lesson 07 loads: one epoch per arm on a tiny shapes set; the arms' configs differ in the loss only,
+    and the MAL arm's small checkpoint loads with minidetr.predict."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import vfl_vs_mal
+
+    from minidetr.predict import load_model
+
+    tiny = ["data.shapes_num_train=16", "data.shapes_num_val=8", "batch_size=8"]
+    monkeypatch.setattr(vfl_vs_mal, "ARMS", {arm: [*o, *tiny] for arm, o in vfl_vs_mal.ARMS.items()})
+    results = [vfl_vs_mal.run_arm(arm, 0, tmp_path, epochs=1) for arm in ("vfl", "mal")]
+    assert [r["arm"] for r in results] == ["vfl", "mal"]
+    configs = [json.loads((tmp_path / arm / "seed0" / "config.json").read_text()) for arm in ("vfl", "mal")]
+    differ = {k for k in configs[0] if configs[0][k] != configs[1][k]}
+    assert differ == {"loss_class", "loss_alpha", "loss_gamma"}
+    model, cfg, names = load_model(tmp_path / "mal" / "seed0" / "model.pt")
+    assert cfg.loss_class == "mal" and names == ["circle", "square", "triangle", "cross"]
+    assert "| vfl | 0 |" in vfl_vs_mal.to_markdown(results, tmp_path, "0", "0")
