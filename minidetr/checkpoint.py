@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 _log = logging.getLogger("minidetr.train")
+_TEMP_SUFFIX = ".tmp"  # save_checkpoint writes ".<name>.<random>.tmp" beside the target, then renames it
 
 __all__ = [
     "CheckpointError",
@@ -52,7 +53,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Same folder as the target: os.replace is only atomic within one file system.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -194,7 +195,7 @@ def check_resumable(state: dict[str, Any], resume: Any) -> dict[str, Any]:
 
 def remove_stale_temp_files(folder: Path, name: str) -> None:
     """Delete the temp files of writes of ``folder/name`` a killed run never finished (``save_checkpoint``'s names)."""
-    stale = list(Path(folder).glob(f".{name}.*.tmp"))
+    stale = list(Path(folder).glob(f".{name}.*{_TEMP_SUFFIX}"))  # the names save_checkpoint's mkstemp gives
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:

@@ -5,9 +5,6 @@ A run is described by one ``TrainConfig``: the model (a ``DETRConfig`` or ``RTDE
 ``None`` take the loss method's recipe (``minidetr.criterion.LOSS_RECIPES``); ``resolve_loss`` fills them in,
 so the saved ``config.json`` names the numbers a run trained with. ``--set key=value`` overrides are parsed in
 ``minidetr.train.overrides``.
-
-Overrides (``--set key=value``) are parsed with the field's declared type, so ``--set epochs=ten`` or
-``--set model.hidden_dim=1.5`` fail with a one-line ``ConfigError`` instead of a traceback mid-run.
 """
 
 from __future__ import annotations
@@ -262,7 +259,7 @@ def _is_tuple_field(cls: type, name: str) -> bool:
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as indented JSON."""
-    Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+    Path(path).write_text(format_config(cfg) + "\n")
 
 
 def format_config(cfg: TrainConfig) -> str:
