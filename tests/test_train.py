@@ -261,6 +261,7 @@ def test_cli_trains_and_resumes(shapes, tmp_path, capsys):
     out = capsys.readouterr().out
     assert '"seed": 3' in out  # the resolved config is printed ...
     assert "AP50" in out and "AR100" in out  # ... and the run ends with the AP table
+    assert "usable CPU core(s)" in out and "torch threads" in out and "OpenMP wait policy" in out  # threads said
     assert stats["epoch"] == 0 and json.loads((tmp_path / "config.json").read_text())["seed"] == 3
     # --resume with no --preset takes the checkpoint's config and folder; --epochs extends the run.
     stats = main(["--resume", str(tmp_path / "checkpoint.pth"), "--epochs", "2", "--no-progress"])

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .. import runtime
 from ..checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -97,6 +98,9 @@ def fit(
     if is_main_process():
         save_config(cfg, out / "config.json")
     _say(f"resolved config ({out / 'config.json'}):\n{format_config(cfg)}", verbose)
+    _say(runtime.describe(cfg.num_workers, device.type), verbose)  # threads: why a busy machine is slower
+    if (warning := runtime.worker_warning(cfg.num_workers, device.type)) and is_main_process():
+        _log.warning(warning)
 
     seed_everything(cfg.seed)
     shard = dist_info.distributed  # each process reads its own share of the images
