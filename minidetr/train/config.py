@@ -180,7 +180,7 @@ class TrainConfig:
                 f"data.multiscale_sizes={d.multiscale_sizes}: every size must be a positive multiple of 32 "
                 "(the coarsest feature map has stride 32)"
             )
-        _validate_dense_o2o(d, self.epochs)
+        _validate_dense_o2o(d)
         if self.lr_schedule == "flat_cosine" and not 0 <= self.flat_epoch <= self.epochs - self.no_aug_epoch:
             raise ConfigError(
                 f"flat_cosine needs 0 <= flat_epoch ({self.flat_epoch}) <= epochs ({self.epochs}) - no_aug_epoch "
@@ -204,8 +204,9 @@ class TrainConfig:
         return self
 
 
-def _validate_dense_o2o(d: DataConfig, epochs: int) -> None:
-    """DEIM's mosaic / mixup / policy fields: ranges, ordering and what needs what, each error naming its field."""
+def _validate_dense_o2o(d: DataConfig) -> None:
+    """DEIM's mosaic / mixup / policy fields: ranges, ordering and what needs what, each error naming its field.
+    Epochs past the run's end are allowed (a phase that never ends, as a stop_epoch past the end)."""
     for key in ("mosaic_prob", "mixup_prob"):
         value = getattr(d, key)
         if not (math.isfinite(value) and 0 <= value <= 1):
@@ -214,8 +215,6 @@ def _validate_dense_o2o(d: DataConfig, epochs: int) -> None:
         e = getattr(d, key)
         if e and (len(e) != n or any(int(x) != x or x < 0 for x in e) or list(e) != sorted(e)):
             raise ConfigError(f"data.{key} must be [] or {n} whole epochs {names} in increasing order, got {e}")
-        if e and e[-1] > epochs:
-            raise ConfigError(f"data.{key}={e} reaches past epochs={epochs}; lower them or give more epochs")
     if d.mosaic_prob and not d.policy_epochs:
         raise ConfigError("data.mosaic_prob > 0 needs data.policy_epochs [p0, p1, p2] (mosaic runs in [p0, p1))")
     if d.mixup_prob and not d.mixup_epochs:
