@@ -222,7 +222,8 @@ def _validate_dense_o2o(d: DataConfig) -> None:
     if d.policy_epochs and d.stop_epoch is not None and d.stop_epoch != d.policy_epochs[2]:
         raise ConfigError(
             f"data.stop_epoch ({d.stop_epoch}) and data.policy_epochs[2] ({d.policy_epochs[2]}) both end the strong "
-            "augmentations: set stop_epoch to the same epoch or to none"
+            "augmentations: change the third of data.policy_epochs (DEIM's stop epoch) and set stop_epoch to the "
+            "same epoch or to none"
         )
     if d.mosaic_size <= 0:
         raise ConfigError(f"data.mosaic_size must be > 0 (each tile's shorter side in px), got {d.mosaic_size}")
