@@ -91,7 +91,7 @@ class AugmentationPolicy:
 
     def describe(self, epochs: int) -> str:
         """A readable block: which augmentations run in which epochs (1-based, as the epoch lines print them)."""
-        lines = ["augmentation policy (flip and resize always on):"]
+        lines = ["augmentation policy (flip and resize always on; zoom_out, iou_crop: the samples without a mosaic):"]
         for first, last, s in self.phases(epochs):
             on = [f"{k} p={s[k]:g}" for k in ("mosaic", "mixup") if s[k]]
             on += [k for k in POLICY_KEYS[2:] if s[k]]

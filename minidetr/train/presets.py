@@ -127,12 +127,13 @@ def deim_shapes() -> TrainConfig:
     # Dense O2O scaled from DEIM's 60 epochs [4, 34, 58] to 12, on the lr schedule's own boundaries (DEIM's p1 is
     #   its flat_epoch, its p2 the start of no_aug_epoch): epoch 1 flip only; epochs 2-6 mosaic p0.5 (else
     #   zoom-out / IoU-crop) + photometric, mixup p0.5; 7-11 RT-DETR's augmentations; 12 flip only.
-    # Mosaic sizes, measured on 200 train images (mosaic p1, no other augmentation): the 2x2 stitch already halves
-    #   every object (median side 32 -> 15 px, 4.0 -> 14.6 boxes per image); DEIM's affine scale 0.5-1.5 would
-    #   then leave 3.9 % of the boxes under 4x4 px, 0.75-1.25 leaves 1.3 % and removes 3.0 % (0.5-1.5: 5.5 %).
-    #   Tiles of 64 px (DEIM: 320, half the 640 input, here half of 128) make the canvas 128 px: the final resize
-    #   is then a no-op and the mosaic cheap (on square images the tile size does not change the object sizes).
-    #   zoom_out_max 2 (RT-DETR: 4) keeps zoomed-out objects above 4x4 px (4: 3.4 % below).
+    # Mosaic sizes, measured on 200 train images (benchmarks/mosaic_box_stats.py, RESULTS.md): the 2x2 stitch
+    #   already halves every object (median side 32 -> 15-18 px, 4.0 -> 14.6 boxes per image); DEIM's affine scale
+    #   0.5-1.5 would then leave 3.9 % of the boxes under 4x4 px, 0.75-1.25 leaves 1.3 % and removes 3.0 % (cut
+    #   away, counted; 0.5-1.5: 5.5 %). Tiles of 64 px (DEIM: 320, half the 640 input; here half of 128) make the
+    #   canvas 128 px: the final resize is then a no-op and the mosaic cheap (on square images the tile size does
+    #   not change the object sizes). With mixup: 13 targets per image on average, at most 39 of the 50 queries.
+    #   zoom_out_max 2 (RT-DETR: 4) keeps zoomed-out objects above 4x4 px (4x: 7.6 % below when applied).
     cfg = _rtdetr_shapes("deim_shapes")
     cfg.loss_class = "mal"
     cfg.lr_schedule, cfg.flat_epoch, cfg.no_aug_epoch, cfg.lr_gamma = "flat_cosine", 6, 1, 0.5
