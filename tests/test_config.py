@@ -222,8 +222,15 @@ def test_configs_saved_before_the_package_layout_still_load_and_are_the_same_rec
     from pathlib import Path
 
     saved = json.loads((Path(__file__).parent / "data" / "preset_configs_d1830c7.json").read_text())
+    # Dense O2O came later and changed the DEIM presets' data recipe on purpose: those fields are compared apart.
+    dense = ("augment", "zoom_out_max", "mosaic_prob", "mixup_prob", "policy_epochs", "mixup_epochs", "mosaic_size",
+             "mosaic_rotation", "mosaic_translate", "mosaic_scale")  # fmt: skip
     for name, d in saved.items():
         old = resolve_loss(config_from_dict(d))
         if old.loss_class != "ce":  # d1830c7 wrote eos_coef 0.1 for every loss; only softmax CE ever read it
             old = dataclasses.replace(old, eos_coef=None)
-        assert old == resolve_loss(get_preset(name)), name
+        now = resolve_loss(get_preset(name))
+        if name.startswith("deim"):
+            assert old.data.mosaic_prob == 0 and now.data.mosaic_prob == 0.5, name
+            now.data = dataclasses.replace(now.data, **{k: getattr(old.data, k) for k in dense})
+        assert old == now, name

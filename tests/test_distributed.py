@@ -189,3 +189,59 @@ def test_sync_batchnorm_conversion_keeps_checkpoints_and_frozen_statistics():
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == trainable
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in synced.modules()) == frozen
     assert {k: v.shape for k, v in synced.state_dict().items()} == keys
+
+
+MOSAIC_WORKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from minidetr import distributed as D
+    from minidetr.data import AugmentationPolicy, CocoDetection, Mosaic, build_dataloader, build_transforms, set_epoch
+    from minidetr.train.builders import seed_everything
+
+    class Recording(Mosaic):
+        drawn = []
+        def partners(self, n):
+            out = super().partners(n)
+            self.drawn.extend(out)
+            return out
+
+    out, images, ann = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    info = D.init_distributed("cpu")
+    mosaic = Recording(32)
+    tf = build_transforms(True, 64, policy=AugmentationPolicy((0, 2, 2), (), 1.0, 0.0), mosaic=mosaic)
+    ds = CocoDetection(images, ann, tf)
+    seed_everything(0 + info.rank)  # as fit(): the same seed, then each process its own random stream
+    loader = build_dataloader(ds, 2, True, num_workers=0, seed=0, distributed=True)
+    set_epoch(loader, 1)
+    kept = removed = 0
+    for _, targets in loader:
+        kept += sum(len(t["labels"]) for t in targets)
+        removed += sum(t["boxes_removed"] for t in targets)
+    shard = list(loader.sampler)
+    record = {"partners": mosaic.drawn, "shard": shard, "kept": kept, "removed": removed}
+    torch.save(record, out / f"rank{info.rank}.pt")
+    D.barrier()
+    D.cleanup()
+    """
+)
+
+
+def test_two_process_mosaic_draws_partners_per_rank_from_the_whole_dataset(tmp_path):
+    """Under DDP each rank reads its shard, but its mosaic partners come from its own random stream and from every
+    image of the dataset (DEIM's mosaic samples the whole dataset)."""
+    from minidetr.data import ensure_shapes
+
+    paths = ensure_shapes(num_train=16, num_val=4, seed=0, image_size=64, root=tmp_path / "cache")
+    script = tmp_path / "worker.py"
+    script.write_text(MOSAIC_WORKER)
+    torchrun(script, str(tmp_path), str(paths.train_images), str(paths.train_ann), timeout=180)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert sorted(r0["shard"] + r1["shard"]) == list(range(16))  # the shards split the data
+    assert len(r0["partners"]) == len(r1["partners"]) == 3 * 8  # a mosaic for every sample, 3 partners each
+    assert r0["partners"] != r1["partners"]  # each rank its own draws
+    for r in (r0, r1):
+        assert set(r["partners"]) - set(r["shard"])  # partners from outside the rank's shard: the whole dataset
+        assert r["kept"] > 16 and r["removed"] >= 0

@@ -102,12 +102,16 @@ def test_scale_epoch_schedule_stretches_points_and_tails():
     cfg = get_preset("deim_r50")  # 60 epochs: flat to 34, last 2 without strong augmentation (stop_epoch 58)
     changes = scale_epoch_schedule(cfg, 120)
     assert (cfg.epochs, cfg.flat_epoch, cfg.no_aug_epoch, cfg.data.stop_epoch) == (120, 68, 4, 116)
-    assert changes == ["no_aug_epoch 2 -> 4", "flat_epoch 34 -> 68", "data.stop_epoch 58 -> 116"]
-    cfg = get_preset("deim_shapes")  # 12 epochs, flat to 6, 1 no-aug epoch
+    assert changes[:3] == ["no_aug_epoch 2 -> 4", "flat_epoch 34 -> 68", "data.stop_epoch 58 -> 116"]
+    # Dense O2O's phases too: p0, p1 from the start, p2 (DEIM's stop epoch) as a tail, as stop_epoch
+    assert changes[3:] == ["data.policy_epochs [4, 34, 58] -> [8, 68, 116]", "data.mixup_epochs [4, 34] -> [8, 68]"]
+    cfg = get_preset("deim_shapes")  # 12 epochs, flat to 6, 1 no-aug epoch, policy [1, 6, 11]
     scale_epoch_schedule(cfg, 3)
     assert (cfg.flat_epoch, cfg.no_aug_epoch) == (2, 0) and cfg.validate()
+    assert (cfg.data.policy_epochs, cfg.data.mixup_epochs) == ([0, 2, 3], [0, 2])
     cfg = get_preset("deim_shapes")
-    assert scale_epoch_schedule(cfg, 3, keep=["no_aug_epoch"]) == ["flat_epoch 6 -> 2"]  # the user's value stays
+    keep = ["no_aug_epoch", "data.policy_epochs", "data.mixup_epochs"]
+    assert scale_epoch_schedule(cfg, 3, keep=keep) == ["flat_epoch 6 -> 2"]  # the user's value stays
     assert cfg.no_aug_epoch == 1
     cfg = get_preset("rtdetrv2_r50")  # milestone 1000 of 72 epochs: never reached, and it stays so
     scale_epoch_schedule(cfg, 12)

@@ -160,10 +160,11 @@ def test_registered_state_is_saved_and_restored(tmp_path):
 
 # ------------------------------------------------------------------------------------- under torchrun (DDP)
 DDP_STEPS_PER_EPOCH = 3  # deim_shapes: 24 train images / (2 processes x batch 4)
+# epoch 0: Dense O2O (mosaic, mixup) and the strong augmentations, whose random state each rank must restore
 DDP_ARGS = ["--preset", "deim_shapes", "--epochs", "2", "--no-progress", "--device", "cpu", "--num-workers", "0",
             "--set", "batch_size=4", "data.image_size=64", "data.shapes_num_train=24", "data.shapes_num_val=4",
             "data.shapes_image_size=64", "log_every=1", "num_top_queries=20", "flat_epoch=0", "no_aug_epoch=0",
-            "data.stop_epoch=1"]  # fmt: skip
+            "data.policy_epochs=0,1,1", "data.mixup_epochs=0,1"]  # fmt: skip
 _DDP_KILLER = _KILLER.replace(
     f"if calls == {KILL_AT_STEP}:", f"if calls == {DDP_STEPS_PER_EPOCH + 2} and os.environ['RANK'] == '1':"
 )

@@ -64,7 +64,10 @@ def test_full_size_presets_are_the_official_recipes():
     r = resolve_loss(deim)  # the MAL recipe: costs 2 / 5 / 2, weights 1 / 5 / 2, gamma 1.5, no alpha
     assert (r.set_cost_class, r.set_cost_bbox, r.set_cost_giou) == (2.0, 5.0, 2.0)
     assert (r.class_loss_coef, r.bbox_loss_coef, r.giou_loss_coef, r.loss_gamma, r.loss_alpha) == (1, 5, 2, 1.5, None)
-    assert deim.data.image_size == 640 and deim.data.mosaic_prob == 0 and deim.data.mixup_prob == 0
+    d = deim.data  # Dense O2O, deim_r50vd_60e_coco.yml
+    assert d.image_size == 640 and (d.mosaic_prob, d.mixup_prob) == (0.5, 0.5)
+    assert (d.policy_epochs, d.mixup_epochs) == ([4, 34, 58], [4, 34])
+    assert (d.mosaic_size, d.mosaic_rotation, d.mosaic_translate, d.mosaic_scale) == (320, 10, 0.1, [0.5, 1.5])
     scales = [480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736, 704, 672]  # base 640 repeated 3 times
     assert deim.data.multiscale_sizes == scales and deim.data.stop_epoch == 58
     v2 = get_preset("rtdetrv2_r50")

@@ -1,5 +1,6 @@
 """Data: the synthetic shapes dataset (``shapes``), COCO-format loading (``coco``), RT-DETR-style transforms
-(``transforms``), batching (``loader``), dataset checks (``validation``, ``python -m minidetr.data.check``).
+(``transforms``), DEIM's mosaic (``mosaic``) and augmentation schedule (``policy``), batching and MixUp
+(``loader``), dataset checks (``validation``, ``python -m minidetr.data.check``).
 
 Typical use::
 
@@ -11,14 +12,18 @@ Typical use::
 from __future__ import annotations
 
 from .coco import CocoDetection, DatasetError, check_same_categories, load_coco_json
-from .loader import MultiScaleCollate, build_dataloader, collate_fn, set_epoch
+from .loader import MultiScaleCollate, build_dataloader, collate_fn, mixup, set_epoch
+from .mosaic import Mosaic
+from .policy import AugmentationPolicy
 from .shapes import ShapesPaths, ensure_shapes, generate
 from .transforms import DetectionTransforms, build_transforms
 
 __all__ = [
+    "AugmentationPolicy",
     "CocoDetection",
     "DatasetError",
     "DetectionTransforms",
+    "Mosaic",
     "MultiScaleCollate",
     "ShapesPaths",
     "build_dataloader",
@@ -28,5 +33,6 @@ __all__ = [
     "ensure_shapes",
     "generate",
     "load_coco_json",
+    "mixup",
     "set_epoch",
 ]

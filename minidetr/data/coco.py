@@ -151,7 +151,9 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         if hasattr(self.transforms, "set_epoch"):
             self.transforms.set_epoch(epoch)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+    def load_raw(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """Item ``index`` before any transform: uint8 image [3, H, W] and ``{"boxes": BoundingBoxes xyxy,
+        "labels": [T]}`` (what the transforms receive; mosaic reads its partner images this way)."""
         image_id = self.ids[index]
         pil = self._load_image(image_id)
         w, h = pil.size
@@ -160,9 +162,19 @@ class CocoDetection(torchvision.datasets.CocoDetection):
             "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(h, w)),
             "labels": labels.clone(),
         }
-        image: Any = F.to_image(pil)
+        return F.to_image(pil), target
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        image_id = self.ids[index]
+        image, target = self.load_raw(index)
+        h, w = image.shape[-2:]
+        num_in = len(target["labels"])
         if self.transforms is not None:
-            image, target = self.transforms(image, target)
+            if getattr(self.transforms, "mosaic", None) is not None:  # mosaic reads other images of this dataset
+                image, target = self.transforms(image, target, dataset=self)
+            else:
+                image, target = self.transforms(image, target)
+        num_in = target.pop("num_boxes_in", num_in)  # a mosaic's input is the boxes of its four images
         image = F.to_dtype(image, torch.float32, scale=True).as_subclass(Tensor)
         out_h, out_w = image.shape[-2:]
         cxcywh = F.convert_bounding_box_format(target["boxes"], new_format=tv_tensors.BoundingBoxFormat.CXCYWH)
@@ -174,7 +186,7 @@ class CocoDetection(torchvision.datasets.CocoDetection):
             "orig_size": torch.tensor([h, w], dtype=torch.int64),
             "size": torch.tensor([out_h, out_w], dtype=torch.int64),
             # boxes the augmentations removed (cut away by a crop, shrunk below 1 px): counted per epoch in training
-            "boxes_removed": len(labels) - len(target["labels"]),
+            "boxes_removed": num_in - len(target["labels"]),
         }
 
     def __repr__(self) -> str:

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["collate_fn", "MultiScaleCollate", "build_dataloader", "set_epoch"]
+from .policy import AugmentationPolicy
+
+__all__ = ["collate_fn", "mixup", "MultiScaleCollate", "build_dataloader", "set_epoch"]
 
 
 def collate_fn(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
@@ -33,25 +35,50 @@ def collate_fn(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list
     return torch.stack(images), list(targets)
 
 
+def mixup(images: Tensor, targets: list[dict[str, Any]], beta: float) -> tuple[Tensor, list[dict[str, Any]]]:
+    """DEIM's batch MixUp: ``image_i = beta * image_i + (1 - beta) * image_{i-1}`` (the batch rolled by one) and
+    each target holds its own boxes and labels followed by image i-1's (both at full weight, as DEIM's loss uses
+    them). ``boxes_removed`` adds up too, so kept + removed still counts every box the images came with."""
+    mixed = images.mul(beta).add_(images.roll(1, dims=0), alpha=1 - beta)
+    out = []
+    for i, t in enumerate(targets):
+        other = targets[i - 1]
+        out.append({**t, "labels": torch.cat([t["labels"], other["labels"]]),
+                    "boxes": torch.cat([t["boxes"], other["boxes"]]),
+                    "boxes_removed": int(t.get("boxes_removed", 0)) + int(other.get("boxes_removed", 0)),
+                    "mixup": float(beta)})  # fmt: skip
+    return mixed, out
+
+
 class MultiScaleCollate:
-    """RT-DETRv2 / DEIM multi-scale training: :func:`collate_fn`, then the whole batch resized to one square side
-    drawn from ``sizes`` (nearest neighbour, as the official collate does); from ``stop_epoch`` on the batch keeps
-    the transforms' size. Boxes are normalised, so they stay as they are.
+    """RT-DETRv2 / DEIM batch collate: :func:`collate_fn`, then DEIM's :func:`mixup` (probability per batch from
+    the ``policy``), then the whole batch resized to one square side drawn from ``sizes`` (nearest neighbour, as
+    the official collate does); from ``stop_epoch`` (or where the policy turns multi-scale off) the batch keeps the
+    transforms' size. Boxes are normalised, so they stay as they are.
 
     The official list is [480, 512, ..., 800] with 640 three times (base size 640, repeated 3 times), one draw
-    per batch from Python's ``random`` (seeded per worker, restored on resume). ``set_epoch`` before each epoch:
-    the loader's workers are not persistent, so they pick up the epoch when the next pass starts.
+    per batch from Python's ``random`` (seeded per worker, restored on resume), as are mixup's draw and its
+    ``beta ~ U(0.45, 0.55)``. A batch of one image is never mixed (it would be mixed with itself and hold every
+    box twice). ``set_epoch`` before each epoch: the loader's workers are not persistent, so they pick up the
+    epoch when the next pass starts.
     """
 
-    def __init__(self, sizes: Sequence[int], stop_epoch: int | None = None):
-        self.sizes, self.stop_epoch, self.epoch = list(sizes), stop_epoch, 0
+    def __init__(self, sizes: Sequence[int], stop_epoch: int | None = None, policy: AugmentationPolicy | None = None):
+        self.sizes, self.stop_epoch, self.policy, self.epoch = list(sizes), stop_epoch, policy, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __call__(self, batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
         images, targets = collate_fn(batch)
-        if self.sizes and (self.stop_epoch is None or self.epoch < self.stop_epoch):
+        if self.policy is not None:
+            now = self.policy.at(self.epoch)
+            p, multiscale = float(now["mixup"]), bool(now["multiscale"])
+        else:
+            p, multiscale = 0.0, self.stop_epoch is None or self.epoch < self.stop_epoch
+        if p > 0 and len(targets) > 1 and random.random() < p:
+            images, targets = mixup(images, targets, random.uniform(0.45, 0.55))
+        if self.sizes and multiscale:
             size = random.choice(self.sizes)
             if size != images.shape[-1] or size != images.shape[-2]:
                 images = F.interpolate(images, size=(size, size), mode="nearest")

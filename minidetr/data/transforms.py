@@ -7,7 +7,12 @@ fixed square resize, aspect ratio not kept), so a batch stacks into one tensor w
 The strong augmentations can be switched off per epoch: RT-DETR stops them for the last epochs
 (``stop_epoch``) so the model finishes on images that look like the val set, and DEIM's schedule turns
 them on and off by epoch. ``set_epoch(epoch)`` tells the pipeline where training is; ``stop_epoch`` or a
-``policy(name, epoch) -> bool`` callable decides which named steps run.
+``policy(name, epoch) -> bool`` callable decides which named steps run (DEIM's is
+:class:`minidetr.data.policy.AugmentationPolicy`, which also gives the mosaic probability per epoch).
+
+Mosaic (:class:`minidetr.data.mosaic.Mosaic`) needs other images of the dataset: the dataset calls the pipeline
+as ``transforms(image, target, dataset=self)``; a sample that gets a mosaic skips zoom-out and IoU-crop (as DEIM)
+and still goes through the photometric distortion, flip and resize.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from typing import Any
 
 import torch
 from torchvision.transforms import v2
+
+from .mosaic import Mosaic
+from .policy import AugmentationPolicy
 
 __all__ = ["DetectionTransforms", "build_transforms", "STRONG_AUGMENTATIONS"]
 
@@ -38,8 +46,12 @@ class DetectionTransforms:
         policy_ops: Sequence[str] = STRONG_AUGMENTATIONS,
         stop_epoch: int | None = None,
         policy: Callable[[str, int], bool] | None = None,
+        mosaic: Mosaic | None = None,
     ):
+        if mosaic is not None and not isinstance(policy, AugmentationPolicy):
+            raise ValueError("a mosaic step needs an AugmentationPolicy (it gives the mosaic probability per epoch)")
         self.steps = list(steps)
+        self.mosaic = mosaic
         self.policy_ops = tuple(policy_ops)
         self.stop_epoch = stop_epoch
         self.policy = policy
@@ -59,14 +71,27 @@ class DetectionTransforms:
     def active_steps(self) -> list[str]:
         return [name for name, _ in self.steps if self.enabled(name)]
 
-    def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    def mosaic_prob(self) -> float:
+        """The probability that a sample gets a mosaic at the current epoch (0 without a mosaic step)."""
+        if self.mosaic is None:
+            return 0.0
+        return float(self.policy.at(self.epoch)["mosaic"])  # type: ignore[union-attr]
+
+    def __call__(self, image: Any, target: dict[str, Any], dataset: Any = None) -> tuple[Any, dict[str, Any]]:
+        skip: tuple[str, ...] = ()
+        p = self.mosaic_prob() if dataset is not None else 0.0
+        if p > 0 and (p >= 1 or torch.rand(()).item() < p):  # torch's generator: seeded per DataLoader worker
+            image, target = self.mosaic(image, target, dataset)  # type: ignore[misc]
+            skip = ("zoom_out", "iou_crop")
         for name, step in self.steps:
-            if self.enabled(name):
+            if name not in skip and self.enabled(name):
                 image, target = step(image, target)
         return image, target
 
     def __repr__(self) -> str:
         lines = [f"  {'on ' if self.enabled(n) else 'off'} {n}: {t!r}".replace("\n", " ") for n, t in self.steps]
+        if self.mosaic is not None:
+            lines.insert(0, f"  p={self.mosaic_prob():g} mosaic: {self.mosaic!r}")
         return f"DetectionTransforms(epoch={self.epoch}, stop_epoch={self.stop_epoch},\n" + "\n".join(lines) + "\n)"
 
 
@@ -81,12 +106,14 @@ def build_transforms(
     flip_p: float = 0.5,
     stop_epoch: int | None = None,
     policy: Callable[[str, int], bool] | None = None,
+    mosaic: Mosaic | None = None,
     fill: int = 0,
 ) -> DetectionTransforms:
     """The train (RT-DETR augmentations) or val (resize only) pipeline; outputs ``image_size`` squares.
 
     ``zoom_out_max`` is RT-DETR's canvas scale limit (4 at 640 px); on small images a lower value keeps
-    small objects above a few pixels. ``stop_epoch``/``policy`` switch the strong augmentations per epoch.
+    small objects above a few pixels. ``stop_epoch``/``policy`` switch the strong augmentations per epoch;
+    ``mosaic`` (with an :class:`AugmentationPolicy` as ``policy``) adds DEIM's mosaic before them.
     """
     size = (image_size, image_size)
     # sanitize after the geometric steps: crops and zoom can leave boxes of zero size or outside the image
@@ -104,4 +131,4 @@ def build_transforms(
         ("sanitize_after_resize", sanitize),
         ("to_float", v2.ToDtype(torch.float32, scale=True)),
     ]
-    return DetectionTransforms(steps, stop_epoch=stop_epoch, policy=policy)
+    return DetectionTransforms(steps, stop_epoch=stop_epoch, policy=policy, mosaic=mosaic)

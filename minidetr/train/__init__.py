@@ -10,7 +10,15 @@ Layers, each importing only those above it:
   (``python -m minidetr.train``).
 """
 
-from .builders import build_criterion, build_datasets, mixed_precision, resolve_data, resolve_device, seed_everything
+from .builders import (
+    build_criterion,
+    build_datasets,
+    build_policy,
+    mixed_precision,
+    resolve_data,
+    resolve_device,
+    seed_everything,
+)
 from .cli import main
 from .config import (
     LOSS_FIELDS,
@@ -58,6 +66,7 @@ __all__ = [
     "apply_overrides",
     "build_criterion",
     "build_datasets",
+    "build_policy",
     "build_lr_schedule",
     "build_optimizer",
     "config_from_dict",

@@ -20,7 +20,7 @@ import torch
 
 from ..criterion import SetCriterion
 from ..criterion_rtdetr import RTDETRCriterion
-from ..data import CocoDetection, build_transforms, check_same_categories, ensure_shapes
+from ..data import AugmentationPolicy, CocoDetection, Mosaic, build_transforms, check_same_categories, ensure_shapes
 from ..matching import HungarianMatcher
 from .config import ConfigError, TrainConfig, resolve_loss
 
@@ -31,6 +31,7 @@ __all__ = [
     "resolve_device",
     "seed_everything",
     "resolve_data",
+    "build_policy",
     "build_datasets",
     "build_criterion",
     "mixed_precision",
@@ -125,11 +126,25 @@ def _checked(paths: Any) -> DataPaths:
     return out
 
 
+def build_policy(cfg: TrainConfig) -> AugmentationPolicy:
+    """The run's per-epoch augmentation switches (DEIM's Dense O2O policy, or RT-DETR's ``stop_epoch``)."""
+    d = cfg.data
+    try:
+        return AugmentationPolicy(tuple(d.policy_epochs), tuple(d.mixup_epochs), d.mosaic_prob, d.mixup_prob,
+                                  d.stop_epoch, strong=d.augment, multiscale=bool(d.multiscale_sizes))  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+
+
 def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
-    """Train (augmented) and val (resized) ``CocoDetection`` datasets."""
+    """Train (augmented, with mosaic when ``data.mosaic_prob`` > 0) and val (resized) ``CocoDetection`` datasets."""
     d = cfg.data
     aug = {} if d.augment else {"photometric_p": 0.0, "zoom_out_p": 0.0, "iou_crop_p": 0.0}
-    train_tf = build_transforms(True, d.image_size, zoom_out_max=d.zoom_out_max, stop_epoch=d.stop_epoch, **aug)
+    mosaic = None
+    if d.mosaic_prob > 0:
+        mosaic = Mosaic(d.mosaic_size, d.mosaic_rotation, d.mosaic_translate, tuple(d.mosaic_scale))
+    train_tf = build_transforms(True, d.image_size, zoom_out_max=d.zoom_out_max, stop_epoch=d.stop_epoch,
+                                policy=build_policy(cfg), mosaic=mosaic, **aug)  # fmt: skip
     train_set = CocoDetection(paths.train_images, paths.train_ann, train_tf)
     val_set = CocoDetection(paths.val_images, paths.val_ann, build_transforms(False, d.image_size))
     check_same_categories(train_set, val_set)  # labels are contiguous per file: other val categories would shift them

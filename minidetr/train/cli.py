@@ -20,7 +20,7 @@ from .overrides import apply_overrides
 from .presets import DEFAULT_PRESET, get_preset, preset_descriptions
 from .run import fit
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "add_data_arguments", "apply_data_arguments", "config_from_args", "main"]
 
 
 def build_parser():
@@ -42,12 +42,7 @@ def build_parser():
         metavar="KEY=VALUE",
         help="override config fields, e.g. --set epochs=3 model.hidden_dim=64 data.image_size=96",
     )
-    g = p.add_argument_group("data (default: the synthetic shapes dataset)")
-    g.add_argument("--data", metavar="ROOT", help="COCO 2017 folder (train2017/, val2017/, annotations/)")
-    g.add_argument("--train-images", metavar="DIR")
-    g.add_argument("--train-ann", metavar="FILE")
-    g.add_argument("--val-images", metavar="DIR")
-    g.add_argument("--val-ann", metavar="FILE")
+    add_data_arguments(p)
     p.add_argument("--epochs", type=_positive(int), help="number of epochs")
     p.add_argument("--batch-size", type=_positive(int), help="images per step (per process)")
     p.add_argument("--lr", type=_positive(float), help="learning rate of the transformer and heads")
@@ -61,6 +56,32 @@ def build_parser():
         "--no-progress", action="store_true", help="no progress bars (the config, epoch lines and AP table still print)"
     )
     return p
+
+
+def add_data_arguments(p) -> None:
+    """The dataset flags (``--data ROOT`` or the four COCO-format paths); shared with ``minidetr.data.preview``."""
+    g = p.add_argument_group("data (default: the synthetic shapes dataset)")
+    g.add_argument("--data", metavar="ROOT", help="COCO 2017 folder (train2017/, val2017/, annotations/)")
+    g.add_argument("--train-images", metavar="DIR")
+    g.add_argument("--train-ann", metavar="FILE")
+    g.add_argument("--val-images", metavar="DIR")
+    g.add_argument("--val-ann", metavar="FILE")
+
+
+def apply_data_arguments(cfg: TrainConfig, args, parser) -> None:
+    """Point ``cfg.data`` at the dataset the flags of :func:`add_data_arguments` name (``parser.error`` if mixed)."""
+    files = {k: getattr(args, k) for k in ("train_images", "train_ann", "val_images", "val_ann")}
+    if args.data and any(files.values()):
+        parser.error("give either --data ROOT or the four --train-images/--train-ann/--val-images/--val-ann")
+    if args.data:
+        cfg.data.source, cfg.data.root = "coco", args.data
+    elif any(files.values()):
+        missing = ["--" + k.replace("_", "-") for k, v in files.items() if not v]
+        if missing:
+            parser.error(f"a COCO-format dataset needs all four paths; missing {' '.join(missing)}")
+        cfg.data.source = "files"
+        for k, v in files.items():
+            setattr(cfg.data, k, v)
 
 
 def _positive(tp, allow_zero: bool = False):
@@ -89,18 +110,7 @@ def config_from_args(args, parser) -> TrainConfig:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
     preset_epochs = cfg.epochs
     apply_overrides(cfg, args.overrides)
-    files = {k: getattr(args, k) for k in ("train_images", "train_ann", "val_images", "val_ann")}
-    if args.data and any(files.values()):
-        parser.error("give either --data ROOT or the four --train-images/--train-ann/--val-images/--val-ann")
-    if args.data:
-        cfg.data.source, cfg.data.root = "coco", args.data
-    elif any(files.values()):
-        missing = ["--" + k.replace("_", "-") for k, v in files.items() if not v]
-        if missing:
-            parser.error(f"a COCO-format dataset needs all four paths; missing {' '.join(missing)}")
-        cfg.data.source = "files"
-        for k, v in files.items():
-            setattr(cfg.data, k, v)
+    apply_data_arguments(cfg, args, parser)
     for flag, key in (
         ("epochs", "epochs"),
         ("batch_size", "batch_size"),

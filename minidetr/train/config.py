@@ -60,11 +60,20 @@ class DataConfig:
     # RT-DETRv2 / DEIM multi-scale training: each train batch resized to a random side from this list until
     # stop_epoch (minidetr.data.MultiScaleCollate); [] keeps image_size. Official: 480..800, 640 three times.
     multiscale_sizes: list[int] = field(default_factory=list)
-    # DEIM's Dense O2O (mosaic, mixup and their epoch policy) is not implemented yet: the fields exist so that
-    # presets can name the official values, and validate() refuses anything but these defaults.
-    mosaic_prob: float = 0.0  # DEIM: 0.5 inside the policy epochs
-    mixup_prob: float = 0.0  # DEIM: 0.5 per batch inside the mixup epochs
-    policy_epochs: list[int] = field(default_factory=list)  # DEIM-R50 60e: [4, 34, 58]
+    # DEIM's Dense O2O (minidetr.data.policy): policy_epochs [p0, p1, p2] = mosaic (prob mosaic_prob, else
+    # zoom-out / IoU-crop) + photometric in [p0, p1), RT-DETR's augmentations in [p1, p2), flip + resize only
+    # before p0 and from p2 on (multi-scale off too); batch MixUp with mixup_prob inside mixup_epochs [m0, m1).
+    # [] keeps RT-DETR's stop_epoch policy. DEIM-R50 60e: [4, 34, 58], mixup [4, 34], both probabilities 0.5.
+    mosaic_prob: float = 0.0
+    mixup_prob: float = 0.0
+    policy_epochs: list[int] = field(default_factory=list)
+    mixup_epochs: list[int] = field(default_factory=list)
+    # Mosaic (minidetr.data.mosaic): each tile's shorter side, then one affine over the 2x2 canvas (DEIM: 320,
+    # 10 degrees, 10 % translation, scale 0.5-1.5).
+    mosaic_size: int = 320
+    mosaic_rotation: float = 10.0
+    mosaic_translate: float = 0.1
+    mosaic_scale: list[float] = field(default_factory=lambda: [0.5, 1.5])
     # Synthetic dataset parameters (used when source == "shapes").
     shapes_num_train: int = 2000
     shapes_num_val: int = 200
@@ -171,11 +180,7 @@ class TrainConfig:
                 f"data.multiscale_sizes={d.multiscale_sizes}: every size must be a positive multiple of 32 "
                 "(the coarsest feature map has stride 32)"
             )
-        if d.mosaic_prob or d.mixup_prob or d.policy_epochs:
-            raise ConfigError(
-                "data.mosaic_prob / data.mixup_prob / data.policy_epochs (DEIM's Dense O2O) are not implemented "
-                "yet; leave them at 0 and []"
-            )
+        _validate_dense_o2o(d)
         if self.lr_schedule == "flat_cosine" and not 0 <= self.flat_epoch <= self.epochs - self.no_aug_epoch:
             raise ConfigError(
                 f"flat_cosine needs 0 <= flat_epoch ({self.flat_epoch}) <= epochs ({self.epochs}) - no_aug_epoch "
@@ -197,6 +202,38 @@ class TrainConfig:
                 "(sigmoid losses use a head without the no-object logit)"
             )
         return self
+
+
+def _validate_dense_o2o(d: DataConfig) -> None:
+    """DEIM's mosaic / mixup / policy fields: ranges, ordering and what needs what, each error naming its field.
+    Epochs past the run's end are allowed (a phase that never ends, as a stop_epoch past the end)."""
+    for key in ("mosaic_prob", "mixup_prob"):
+        value = getattr(d, key)
+        if not (math.isfinite(value) and 0 <= value <= 1):
+            raise ConfigError(f"data.{key} must be a probability in [0, 1], got {value}")
+    for key, n, names in (("policy_epochs", 3, "[p0, p1, p2]"), ("mixup_epochs", 2, "[start, end]")):
+        e = getattr(d, key)
+        if e and (len(e) != n or any(int(x) != x or x < 0 for x in e) or list(e) != sorted(e)):
+            raise ConfigError(f"data.{key} must be [] or {n} whole epochs {names} in increasing order, got {e}")
+    if d.mosaic_prob and not d.policy_epochs:
+        raise ConfigError("data.mosaic_prob > 0 needs data.policy_epochs [p0, p1, p2] (mosaic runs in [p0, p1))")
+    if d.mixup_prob and not d.mixup_epochs:
+        raise ConfigError("data.mixup_prob > 0 needs data.mixup_epochs [start, end] (the epochs it runs in)")
+    if d.policy_epochs and d.stop_epoch is not None and d.stop_epoch != d.policy_epochs[2]:
+        raise ConfigError(
+            f"data.stop_epoch ({d.stop_epoch}) and data.policy_epochs[2] ({d.policy_epochs[2]}) both end the strong "
+            "augmentations: change the third of data.policy_epochs (DEIM's stop epoch) and set stop_epoch to the "
+            "same epoch or to none"
+        )
+    if d.mosaic_size <= 0:
+        raise ConfigError(f"data.mosaic_size must be > 0 (each tile's shorter side in px), got {d.mosaic_size}")
+    if not (math.isfinite(d.mosaic_rotation) and 0 <= d.mosaic_rotation <= 180):
+        raise ConfigError(f"data.mosaic_rotation must be degrees in [0, 180], got {d.mosaic_rotation}")
+    if not (math.isfinite(d.mosaic_translate) and 0 <= d.mosaic_translate <= 1):
+        raise ConfigError(f"data.mosaic_translate must be a fraction of the canvas in [0, 1], got {d.mosaic_translate}")
+    s = d.mosaic_scale
+    if len(s) != 2 or not all(math.isfinite(v) for v in s) or not 0 < s[0] <= s[1]:
+        raise ConfigError(f"data.mosaic_scale must be [low, high] with 0 < low <= high (e.g. [0.5, 1.5]), got {s}")
 
 
 # The TrainConfig fields that default to the loss recipe, and where each one's value sits in LOSS_RECIPES.

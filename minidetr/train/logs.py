@@ -8,7 +8,11 @@ Three kinds of record, told apart by ``"kind"``:
   ``images_over_queries`` (images in those steps with more targets than queries: the surplus targets
   cannot be matched and are counted rather than silently dropped).
 - ``"data"``, one per epoch: ``boxes_kept`` (target boxes the training batches held after augmentation),
-  ``boxes_removed_by_augmentation`` (boxes the crops and sanitising removed) and their ``share_removed``.
+  ``boxes_removed_by_augmentation`` (boxes the crops, mosaic affine and sanitising removed) and their
+  ``share_removed``; ``policy``, the epoch's augmentation switches (``minidetr.data.AugmentationPolicy``):
+  ``{"mosaic": p, "mixup": p, "photometric": bool, "zoom_out": bool, "iou_crop": bool, "multiscale": bool}``
+  (zoom-out and IoU-crop apply to the samples without a mosaic). A mixed-up target holds both images' boxes,
+  so with MixUp on, ``boxes_kept`` counts each box of the batch's images twice.
 - ``"eval"``: ``step``, ``epoch`` and the COCO stats (``AP``, ``AP50``, ..., ``AR100``), plus
   ``time_s`` (seconds since the run started).
 

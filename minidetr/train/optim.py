@@ -211,7 +211,8 @@ def scale_epoch_schedule(cfg: TrainConfig, epochs: int, keep: Sequence[str] = ()
 
     Points counted from the start (``flat_epoch``, ``lr_drop``, reachable ``lr_milestones``) scale with the run;
     tails counted from the end (``no_aug_epoch``, the epochs after ``data.stop_epoch``) scale as tails, so DEIM's
-    "last 2 of 60 epochs" stays at the end. Values round to whole epochs. Fields named in ``keep`` (set by the
+    "last 2 of 60 epochs" stays at the end; DEIM's ``data.policy_epochs`` (p2 as a tail) and ``data.mixup_epochs``
+    likewise. Values round to whole epochs. Fields named in ``keep`` (set by the
     user) stay as they are. ``deim_shapes`` at 3 epochs: flat_epoch 6 -> 2, no_aug_epoch 1 -> 0.
     """
     old, changes = cfg.epochs, []
@@ -232,4 +233,10 @@ def scale_epoch_schedule(cfg: TrainConfig, epochs: int, keep: Sequence[str] = ()
     update("lr_milestones", cfg, "lr_milestones", [scaled(m) if m < old else m for m in cfg.lr_milestones])
     if cfg.data.stop_epoch is not None:
         update("data.stop_epoch", cfg.data, "stop_epoch", epochs - scaled(max(0, old - cfg.data.stop_epoch)))
+    if cfg.data.policy_epochs:  # DEIM: p0, p1 from the start; p2 (its stop epoch) as a tail, like stop_epoch
+        p0, p1, p2 = cfg.data.policy_epochs
+        end = epochs - scaled(max(0, old - p2))
+        update("data.policy_epochs", cfg.data, "policy_epochs", [min(scaled(p0), end), min(scaled(p1), end), end])
+    if cfg.data.mixup_epochs:
+        update("data.mixup_epochs", cfg.data, "mixup_epochs", [scaled(e) for e in cfg.data.mixup_epochs])
     return changes

@@ -124,9 +124,23 @@ def deim_shapes() -> TrainConfig:
     # Wall time: about 6 minutes on 2 CPU cores (benchmarks/RESULTS.md).
     # Batch arithmetic: 1 process x batch 16; 2000 train images -> 125 steps/epoch, 12 epochs -> 1500 steps.
     # The deim_r50 recipe scaled down: quadratic warm-up 100 steps, flat to epoch 6, cosine to lr/2, last epoch flat.
+    # Dense O2O scaled from DEIM's 60 epochs [4, 34, 58] to 12, on the lr schedule's own boundaries (DEIM's p1 is
+    #   its flat_epoch, its p2 the start of no_aug_epoch): epoch 1 flip only; epochs 2-6 mosaic p0.5 (else
+    #   zoom-out / IoU-crop) + photometric, mixup p0.5; 7-11 RT-DETR's augmentations; 12 flip only.
+    # Mosaic sizes, measured on 200 train images (benchmarks/mosaic_box_stats.py, RESULTS.md): the 2x2 stitch
+    #   already halves every object (median side 32 -> 15-18 px, 4.0 -> 14.6 boxes per image); DEIM's affine scale
+    #   0.5-1.5 would then leave 3.9 % of the boxes under 4x4 px, 0.75-1.25 leaves 1.3 % and removes 3.0 % (cut
+    #   away, counted; 0.5-1.5: 5.5 %). Tiles of 64 px (DEIM: 320, half the 640 input; here half of 128) make the
+    #   canvas 128 px: the final resize is then a no-op and the mosaic cheap (on square images the tile size does
+    #   not change the object sizes). With mixup: 13 targets per image on average, at most 39 of the 50 queries.
+    #   zoom_out_max 2 (RT-DETR: 4) keeps zoomed-out objects above 4x4 px (4x: 7.6 % below when applied).
     cfg = _rtdetr_shapes("deim_shapes")
     cfg.loss_class = "mal"
     cfg.lr_schedule, cfg.flat_epoch, cfg.no_aug_epoch, cfg.lr_gamma = "flat_cosine", 6, 1, 0.5
+    d = cfg.data
+    d.augment, d.zoom_out_max = True, 2.0
+    d.policy_epochs, d.mixup_epochs, d.mosaic_prob, d.mixup_prob = [1, 6, 11], [1, 6], 0.5, 0.5
+    d.mosaic_size, d.mosaic_rotation, d.mosaic_translate, d.mosaic_scale = 64, 10.0, 0.1, [0.75, 1.25]
     return cfg
 
 
@@ -156,7 +170,7 @@ def _rtdetr_r50_common(cfg: TrainConfig) -> TrainConfig:
 
 @_preset
 def deim_r50() -> TrainConfig:
-    """DEIM-RT-DETRv2-R50 on COCO, the official 60-epoch recipe without Dense O2O yet (paper: 54.3 AP)."""
+    """DEIM-RT-DETRv2-R50 on COCO, the official 60-epoch recipe with Dense O2O (paper: 54.3 AP)."""
     # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset deim_r50 --data /path/to/coco
     #   add --set model.pretrained_backbone=true model.backbone_weights=/path/ResNet50_vd_ssld_v2_pretrained.pth
     #   (the paper's AP needs those weights; from scratch it will fall far short).
@@ -164,15 +178,18 @@ def deim_r50() -> TrainConfig:
     #   60 epochs = 443,520 steps. README scaling rule for another total batch k x 16: lr x k, warm-ups / k.
     # Schedule: lr 2e-4 (backbone 2e-5, norm layers no decay), quadratic warm-up 2000 steps, flat to epoch 34,
     #   cosine to 1e-4 at epoch 58, then 1e-4; EMA 0.9999 with 2000-update warm-up; bf16; clip 0.1.
-    # Dense O2O (mosaic/mixup with policy epochs (4, 34, 58)) is not implemented yet: data.mosaic_prob,
-    #   data.mixup_prob and data.policy_epochs stay off, so this preset is the recipe minus Dense O2O
-    #   (expect a lower AP).
+    # Dense O2O (deim_r50vd_60e_coco.yml): epochs 1-4 flip + resize only; 5-34 mosaic p0.5 (tiles of shorter side
+    #   320, affine +-10 degrees, 10 % translation, scale 0.5-1.5; a sample without mosaic gets zoom-out and IoU-crop)
+    #   + photometric, batch mixup p0.5; 35-58 RT-DETR's augmentations; 59-60 flip + resize, no multi-scale.
     # Wall time: not measured here (no GPU run yet; benchmarks/bench_deim_r50_gpu.py measures the step time).
     cfg = _rtdetr_r50_common(TrainConfig(preset="deim_r50"))
     cfg.model = get_model_preset("deim_r50")  # 42,943,596 parameters, ~137 GFLOPs at 640
     cfg.loss_class, cfg.lr, cfg.lr_backbone, cfg.epochs = "mal", 2e-4, 2e-5, 60
     cfg.lr_schedule, cfg.flat_epoch, cfg.no_aug_epoch, cfg.lr_gamma = "flat_cosine", 34, 2, 0.5
     cfg.data.stop_epoch = 58  # strong augmentations and multi-scale off for the last 2 epochs
+    d = cfg.data
+    d.policy_epochs, d.mixup_epochs, d.mosaic_prob, d.mixup_prob = [4, 34, 58], [4, 34], 0.5, 0.5
+    d.mosaic_size, d.mosaic_rotation, d.mosaic_translate, d.mosaic_scale = 320, 10.0, 0.1, [0.5, 1.5]
     return cfg
 
 

@@ -40,6 +40,7 @@ from . import engine
 from .builders import (
     build_criterion,
     build_datasets,
+    build_policy,
     mixed_precision,
     resolve_data,
     resolve_device,
@@ -104,7 +105,9 @@ def fit(
 
     seed_everything(cfg.seed)
     shard = dist_info.distributed  # each process reads its own share of the images
-    multiscale = MultiScaleCollate(cfg.data.multiscale_sizes, cfg.data.stop_epoch)
+    policy = build_policy(cfg)  # the epoch decides which augmentations run (a resumed run gets its phase back)
+    _say(policy.describe(cfg.epochs), verbose)
+    multiscale = MultiScaleCollate(cfg.data.multiscale_sizes, cfg.data.stop_epoch, policy)  # + DEIM's mixup
     train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, shard, multiscale)
     val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed, shard)
     model = build_model(cfg.model).to(device)
@@ -144,7 +147,7 @@ def fit(
                     clip_max_norm=cfg.clip_max_norm, logger=logger, log_every=cfg.log_every, progress=progress,
                     ema=ema, scaler=scaler, amp_dtype=amp_dtype,
                 )  # fmt: skip
-                logger.log("data", step=step, epoch=epoch, **_data_counts(means))
+                logger.log("data", step=step, epoch=epoch, **_data_counts(means), policy=policy.at(epoch))
                 # The last step's update is not checked by the next loss: never evaluate or save NaN weights.
                 engine.check_finite_weights(unwrap_model(model), epoch, step)
                 if ema is not None:
