@@ -13,7 +13,7 @@ The layers, each built on the ones above it:
 The names below are the API a notebook needs; everything else is reached as ``minidetr.<module>.<name>``.
 """
 
-from . import runtime  # noqa: I001  (first: sets the OpenMP wait policy before torch loads, see runtime)
+from . import runtime  # noqa: F401, I001  (first: sets the OpenMP wait policy before torch loads, see runtime)
 from . import boxes, checks, criterion, criterion_rtdetr, data, distributed, evaluation, losses, matching, models, train
 from .criterion import LOSS_RECIPES, SetCriterion
 from .criterion_rtdetr import RTDETRCriterion

@@ -13,6 +13,7 @@ from .evaluation import check_ap_at_iou, check_giou
 from .losses import check_mal_loss
 from .matching import check_brute_force, check_hungarian, check_match_batch, check_reduction
 from .models import check_sine_position_encoding
+from .mosaic import check_mosaic_boxes
 from .quality import check_mal_term, check_vfl_term
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "check_mal_loss",
     "check_vfl_term",
     "check_mal_term",
+    "check_mosaic_boxes",
 ]
