@@ -193,7 +193,7 @@ def _move(driver, control) -> str:
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
-def test_every_widget_control_redraws_its_plot(lab, browser, lesson):
+def test_every_widget_control_redraws_its_plot(browser, lab, lesson):  # browser first: a skip starts no server
     url, token = lab
     cells = json.loads((ROOT / "notebooks" / lesson).read_text())["cells"]
     widget_cells = [
