@@ -8,9 +8,13 @@ figure and runs headless. ``MINIDETR_WIDGETS=1`` / ``=0`` forces either mode.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import inspect
+import io
 import os
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +102,45 @@ def _widget(name: str, spec: Any, value: Any) -> Any:
     return w.Dropdown(options=list(spec), value=value, description=name)
 
 
+def _figure_outputs(plot_fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+    """``plot_fn``'s prints, a PNG per new figure (closed: inline must not show it again) and error, as outputs."""
+    before, outputs, text = set(plt.get_fignums()), [], io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            plot_fn(**kwargs)
+    except Exception as e:  # shown in the widget, as a cell would show it; the kernel keeps running
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)).splitlines()
+        outputs.append({"output_type": "error", "ename": type(e).__name__, "evalue": str(e), "traceback": tb})
+    if text.getvalue():
+        outputs.insert(0, {"output_type": "stream", "name": "stdout", "text": text.getvalue()})
+    for num in sorted(set(plt.get_fignums()) - before):
+        fig, png = plt.figure(num), io.BytesIO()
+        fig.savefig(png, format="png", bbox_inches="tight")
+        data = {"image/png": base64.b64encode(png.getvalue()).decode("ascii"), "text/plain": repr(fig)}
+        outputs.append({"output_type": "display_data", "data": data, "metadata": {}})
+        plt.close(fig)
+    return tuple(outputs)
+
+
+def _live(plot_fn: Callable[..., Any], widgets: Mapping[str, Any]) -> None:
+    """The controls, and an ``Output`` whose figures are drawn anew each time a control changes. Not
+    ``ipywidgets.interact``: under ``%matplotlib inline`` it never shows the figure a change draws (JupyterLab's
+    plot did not move). The PNGs go into the Output's ``outputs`` directly, whatever the backend."""
+    import ipywidgets
+    from IPython.display import display
+
+    out = ipywidgets.Output()
+
+    def update(_change: Any = None) -> None:
+        out.outputs = _figure_outputs(plot_fn, {k: w.value for k, w in widgets.items()})
+
+    controls = [w for w in widgets.values() if isinstance(w, ipywidgets.Widget)]  # not ipywidgets.fixed
+    for w in controls:
+        w.observe(update, names="value")
+    display(ipywidgets.VBox([*controls, out], _dom_classes=["minidetr-interactive"]))
+    update()
+
+
 def interactive(
     plot_fn: Callable[..., Any],
     *,
@@ -123,9 +166,7 @@ def interactive(
     values = {k: _default(k, spec, fn_defaults) for k, spec in controls.items()}
     live = live_frontend() if static is None else not static
     if live:
-        import ipywidgets
-
-        ipywidgets.interact(plot_fn, **{k: _widget(k, spec, values[k]) for k, spec in controls.items()})
+        _live(plot_fn, {k: _widget(k, spec, values[k]) for k, spec in controls.items()})
         return None
     (name, options), *more = (small_multiples or {None: [None]}).items()
     if more:

@@ -28,7 +28,8 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
     pip_names = requirement_names(project["dependencies"])
     pip_names |= requirement_names(project["optional-dependencies"]["test"])
     dependencies = (ROOT / "environment.yml").read_text().split("dependencies:", 1)[1]
-    conda_lines = re.findall(r"^  - ([A-Za-z][A-Za-z0-9_.\-]*)", dependencies, flags=re.M)
+    # conda packages (`  - name`) and the pip section's (`      - name`, e.g. selenium; not `-e .`)
+    conda_lines = re.findall(r"^(?:  |      )- ([A-Za-z][A-Za-z0-9_.\-]*)", dependencies, flags=re.M)
     conda_names = {n.lower() for n in conda_lines} - {"python", "pip"}
     expected = {CONDA_NAMES.get(n, n) for n in pip_names}
     assert conda_names == expected, (

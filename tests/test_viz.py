@@ -70,20 +70,82 @@ def test_interactive_midpoint_and_first_option_without_function_defaults():
     assert calls == [(5, "x")]
 
 
+def _live_widget(monkeypatch, build):
+    """Run ``build()`` as a live front-end would (``MINIDETR_WIDGETS=1``); return the controls and the Output."""
+    import IPython.display
+    import ipywidgets
+
+    shown = []
+    monkeypatch.setenv("MINIDETR_WIDGETS", "1")
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    build()
+    (box,) = shown
+    assert isinstance(box, ipywidgets.VBox) and isinstance(box.children[-1], ipywidgets.Output)
+    return {w.description: w for w in box.children[:-1]}, box.children[-1]
+
+
+def _pngs(out):
+    return [o["data"]["image/png"] for o in out.outputs if o["output_type"] == "display_data"]
+
+
 def test_interactive_live_mode_builds_widgets(monkeypatch):
     import ipywidgets
 
-    seen = {}
-
-    def fake_interact(fn, **widgets):
-        seen.update(widgets)
-
-    monkeypatch.setattr(ipywidgets, "interact", fake_interact)
-    viz.interactive(lambda a=0.3, n=2, s="u", b=False: None, static=False, a=(0.0, 1.0), n=(1, 5), s=["t", "u"], b=True)
+    seen, _ = _live_widget(
+        monkeypatch,
+        lambda: viz.interactive(
+            lambda a=0.3, n=2, s="u", b=False, f=1: None, a=(0.0, 1.0), n=(1, 5), s=["t", "u"], b=True, f=4
+        ),
+    )
     assert isinstance(seen["a"], ipywidgets.FloatSlider) and seen["a"].value == 0.3
     assert isinstance(seen["n"], ipywidgets.IntSlider) and seen["n"].value == 2
     assert isinstance(seen["s"], ipywidgets.Dropdown) and seen["s"].value == "u"
     assert isinstance(seen["b"], ipywidgets.Checkbox) and seen["b"].value is True
+    assert sorted(seen) == ["a", "b", "n", "s"]  # a fixed value gets no control
+
+
+def test_interactive_live_figure_changes_with_every_control(monkeypatch):
+    """The bug of issue #14: under ``%matplotlib inline`` moving a control redrew nothing on the page. Each change
+    must put a new PNG of every figure ``plot_fn`` drew into the Output widget, and leave no figure open."""
+    calls = []
+
+    def plot(a=0.3, n=2, s="u", b=False):
+        calls.append((a, n, s, b))
+        for _ in range(2):  # lesson 06 draws two figures per call
+            plt.figure()
+            plt.plot([0, 1], [0, a * n * (2 if b else 1)], label=s)
+            plt.legend()
+
+    controls, out = _live_widget(
+        monkeypatch, lambda: viz.interactive(plot, a=(0.0, 1.0, 0.1), n=(1, 5), s=["t", "u"], b=False)
+    )
+    first = _pngs(out)
+    assert calls == [(0.3, 2, "u", False)] and len(first) == 2 and plt.get_fignums() == []
+    seen = [first]
+    for name, value in [("a", 0.8), ("n", 4), ("s", "t"), ("b", True)]:
+        controls[name].value = value  # what moving it in the browser does, through the comm
+        assert calls[-1][list(controls).index(name)] == value
+        assert len(_pngs(out)) == 2 and _pngs(out) not in seen, f"moving {name} did not change the figure"
+        seen.append(_pngs(out))
+        assert plt.get_fignums() == []  # closed: the inline backend will not show them again under a later cell
+    assert len(calls) == 5
+
+
+def test_interactive_live_shows_prints_and_errors_in_the_widget(monkeypatch):
+    def plot(a=0.5):
+        print("a is", a)
+        if a > 0.6:
+            raise ValueError("too big")
+        plt.figure()
+
+    controls, out = _live_widget(monkeypatch, lambda: viz.interactive(plot, a=(0.0, 1.0, 0.1)))
+    assert [o["output_type"] for o in out.outputs] == ["stream", "display_data"]
+    assert out.outputs[0]["text"] == "a is 0.5\n"
+    controls["a"].value = 0.9  # raises inside the callback: shown, not lost in the kernel's log
+    assert [o["output_type"] for o in out.outputs] == ["stream", "error"]
+    assert out.outputs[1]["ename"] == "ValueError" and "too big" in out.outputs[1]["traceback"][-1]
+    controls["a"].value = 0.2
+    assert [o["output_type"] for o in out.outputs] == ["stream", "display_data"]
 
 
 def test_interactive_rejects_unknown_control():
@@ -158,17 +220,29 @@ def test_loss_curve_explorer_static(tmp_path):
 def test_loss_curve_explorer_live_widgets(tmp_path, monkeypatch):
     import ipywidgets
 
-    seen = {}
-    monkeypatch.setattr(ipywidgets, "interact", lambda fn, **w: seen.update(w, fn=fn))
-    viz.loss_curve_explorer({"only": _write_run(tmp_path / "r")}, static=False)
+    drawn = []
+
+    def spy(*args, **kw):
+        fig = plot_loss_curves(*args, **kw)
+        ax = fig.axes[0]
+        drawn.append((ax.get_title(), ax.get_xlabel(), ax.get_yscale(), list(ax.lines[-1].get_xdata())))
+        return fig
+
+    plot_loss_curves = viz.plot_loss_curves
+    monkeypatch.setattr(viz, "plot_loss_curves", spy)
+    seen, out = _live_widget(monkeypatch, lambda: viz.loss_curve_explorer({"only": _write_run(tmp_path / "r")}))
     assert list(seen["key"].options) == ["loss", "loss_bbox", "loss_ce", "AP"]  # the eval records' AP too
     assert list(seen["x"].options) == ["step", "epoch"]
     assert isinstance(seen["smooth"], ipywidgets.FloatSlider) and isinstance(seen["log_y"], ipywidgets.Checkbox)
-    seen["fn"](key="loss_ce", x="step", smooth=0.3, log_y=True)  # what moving the controls does
-    assert plt.gcf().axes[0].get_title() == "loss_ce" and plt.gcf().axes[0].get_yscale() == "log"
-    seen["fn"](key="AP", x="epoch", smooth=0.0, log_y=False)
-    ax = plt.gcf().axes[0]
-    assert ax.get_title() == "AP" and ax.get_xlabel() == "epoch" and list(ax.lines[0].get_xdata()) == [0, 1, 2, 3]
+    pngs = [_pngs(out)]
+    seen["key"].value = "loss_ce"  # what moving the controls does
+    seen["log_y"].value = True
+    assert drawn[-1][0] == "loss_ce" and drawn[-1][2] == "log"
+    seen["key"].value, seen["x"].value, seen["log_y"].value = "AP", "epoch", False
+    assert drawn[-1] == ("AP", "epoch", "linear", [0, 1, 2, 3])
+    seen["smooth"].value = 0.5
+    pngs.append(_pngs(out))
+    assert len(drawn) == 7 and len(pngs[-1]) == 1 and pngs[-1] != pngs[0]
 
 
 def test_loss_curve_explorer_starts_where_asked(tmp_path):
