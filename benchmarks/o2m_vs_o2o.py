@@ -64,7 +64,7 @@ def evaluate_saved(model_path: Path, nms_iou: float = NMS_IOU) -> dict[str, floa
     return {"AP_no_nms": plain["AP"], "AP50_no_nms": plain["AP50"], "AP": nms["AP"], "AP50": nms["AP50"]}
 
 
-def to_markdown(run: dict, saved: dict[str, dict], data: dict, load_before: str, load_after: str) -> str:
+def to_markdown(run: dict, saved: dict[str, dict], data: dict, out: Path, load_before: str, load_after: str) -> str:
     lines = [
         "## One-to-many (top-k) vs one-to-one assignment on the tiny RT-DETRv2",
         "",
@@ -95,7 +95,7 @@ def to_markdown(run: dict, saved: dict[str, dict], data: dict, load_before: str,
         "| epoch | top-k + NMS | top-k | one-to-one |",
         "|---|---|---|---|",
     ]
-    topk = read_metrics(OUT / "topk" / "seed0", kind="eval")
+    topk = read_metrics(out / "topk" / "seed0", kind="eval")
     o2o = epoch_curve(O2O_OUT / "mal" / "seed0" / "metrics.jsonl")
     for r, (_, o2o_ap, _) in zip(topk, o2o, strict=False):
         lines.append(f"| {r['epoch'] + 1} | {r['AP']:.3f} | {r['AP_no_nms']:.3f} | {o2o_ap:.3f} |")
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.epochs is None:
         data = read_metrics(args.out / "topk" / "seed0", kind="data")[-1]
-        print(write_section("o2m_vs_o2o", to_markdown(run, saved, data, load_before, _load()), args.results))
+        print(write_section("o2m_vs_o2o", to_markdown(run, saved, data, args.out, load_before, _load()), args.results))
 
 
 if __name__ == "__main__":
