@@ -88,3 +88,21 @@ def test_predict_takes_nms_iou(runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         predict_main(["--checkpoint", ckpt, str(image), "--nms-iou", "1.5"])
     assert "--nms-iou 1.5 must lie between 0" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_with_a_one_to_many_assignment(tmp_path):
+    """Pairs are averaged over processes (one collective) and both evaluators are pooled across ranks."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "minidetr.train"]
+    cmd += ["--preset", "rtdetr_shapes", "--set", *TINY, "data.shapes_num_train=16", "assignment=topk", "nms_iou=0.7"]
+    cmd += ["--output", str(tmp_path), "--no-progress", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    data = [r for r in records if r["kind"] == "data"]
+    assert len(data) == 1 and data[0]["positives_per_image"] > data[0]["targets_per_image"] > 0
+    assert "AP_no_nms" in [r for r in records if r["kind"] == "eval"][-1]
