@@ -40,8 +40,14 @@ OUT = Path(__file__).with_name("vfl_vs_mal")
 
 def run_arm(arm: str, seed: int, out: Path, epochs: int | None) -> dict:
     overrides = [*ARMS[arm], f"seed={seed}"] + ([f"epochs={epochs}"] if epochs else [])
+    stats, wall = train_arm(overrides, out / arm / f"seed{seed}", keep_model=arm == "mal" and seed == 0)
+    return {"arm": arm, "seed": seed, "AP": stats["AP"], "AP50": stats["AP50"], "wall_s": wall}
+
+
+def train_arm(overrides: list[str], dest: Path, keep_model: bool) -> tuple[dict, float]:
+    """``rtdetr_shapes`` with ``overrides``, trained in a temporary folder; keeps its config.json and metrics.jsonl
+    in ``dest`` and, with ``keep_model``, a small checkpoint (EMA weights in fp16, for the lessons) as model.pt."""
     cfg = apply_overrides(get_preset("rtdetr_shapes"), overrides)
-    dest = out / arm / f"seed{seed}"
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         stats = fit(cfg, tmp, progress=False, verbose=False)
@@ -49,12 +55,12 @@ def run_arm(arm: str, seed: int, out: Path, epochs: int | None) -> dict:
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "metrics.jsonl"):
             shutil.copy(Path(tmp) / name, dest / name)
-        if arm == "mal" and seed == 0:  # a small trained model for the lessons: EMA weights in fp16
+        if keep_model:
             state = load_checkpoint(Path(tmp) / "checkpoint.pth")
             small = {k: state[k] for k in ("config", "class_names", "label_to_category_id", "epoch", "step")}
             small["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["ema"]["module"].items()}
             save_checkpoint(small, dest / "model.pt")
-    return {"arm": arm, "seed": seed, "AP": stats["AP"], "AP50": stats["AP50"], "wall_s": wall}
+    return stats, wall
 
 
 def epoch_curve(path: Path) -> list[tuple[int, float, float]]:

@@ -2,7 +2,8 @@
 
 The layers, each built on the ones above it:
 
-- maths: ``boxes`` (formats, IoU, GIoU), ``matching`` (Hungarian), ``losses`` (CE -> focal -> VFL -> MAL),
+- maths: ``boxes`` (formats, IoU, GIoU), ``matching`` (Hungarian), ``matching_o2m`` (one-to-many),
+  ``losses`` (CE -> focal -> VFL -> MAL),
   ``evaluation`` (post-processing, COCO AP), ``distributed``, ``checkpoint``;
 - the set criteria: ``criterion`` (``SetCriterion`` and ``LOSS_RECIPES``), ``criterion_rtdetr``;
 - models and data: ``models`` (DETR, RT-DETRv2 / DEIM, ``build_model``), ``data`` (synthetic shapes, COCO,
@@ -14,12 +15,26 @@ The names below are the API a notebook needs; everything else is reached as ``mi
 """
 
 from . import runtime  # noqa: F401, I001  (first: sets the OpenMP wait policy before torch loads, see runtime)
-from . import boxes, checks, criterion, criterion_rtdetr, data, distributed, evaluation, losses, matching, models, train
+from . import (
+    boxes,
+    checks,
+    criterion,
+    criterion_rtdetr,
+    data,
+    distributed,
+    evaluation,
+    losses,
+    matching,
+    matching_o2m,
+    models,
+    train,
+)
 from .criterion import LOSS_RECIPES, SetCriterion
 from .criterion_rtdetr import RTDETRCriterion
 from .data import CocoDetection, build_dataloader, build_transforms, collate_fn, ensure_shapes
 from .evaluation import CocoEvaluator, PostProcess, format_table
 from .matching import HungarianMatcher, hungarian
+from .matching_o2m import OneToManyMatcher
 from .models import MODEL_PRESETS, DETRConfig, RTDETRConfig, build_model
 from .train import (
     DataConfig,
@@ -44,6 +59,7 @@ __all__ = [
     "evaluation",
     "losses",
     "matching",
+    "matching_o2m",
     "models",
     "train",
     "CocoDetection",
@@ -53,6 +69,7 @@ __all__ = [
     "HungarianMatcher",
     "LOSS_RECIPES",
     "MODEL_PRESETS",
+    "OneToManyMatcher",
     "PostProcess",
     "RTDETRConfig",
     "RTDETRCriterion",

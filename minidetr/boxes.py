@@ -23,6 +23,7 @@ __all__ = [
     "generalized_box_iou",
     "paired_box_iou",
     "paired_generalized_box_iou",
+    "batched_box_iou",
     "batched_generalized_box_iou",
 ]
 
@@ -61,6 +62,17 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return ops.generalized_box_iou(boxes1, boxes2)
 
 
+def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU for a batch of box sets: ``[B, N, 4]`` x ``[B, M, 4]`` (xyxy) -> ``[B, N, M]``, image b against image b.
+
+    Equals ``torch.stack([box_iou(a, b) for a, b in zip(boxes1, boxes2)])`` (torchvision's IoU per image).
+    """
+    _check_xyxy(boxes1, "boxes1")
+    _check_xyxy(boxes2, "boxes2")
+    inter, union = _batched_inter_union(boxes1, boxes2)
+    return inter / union
+
+
 def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """GIoU for a batch of box sets: ``[B, N, 4]`` x ``[B, M, 4]`` (xyxy) -> ``[B, N, M]``.
 
@@ -69,15 +81,20 @@ def batched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     _check_xyxy(boxes1, "boxes1")
     _check_xyxy(boxes2, "boxes2")
+    inter, union = _batched_inter_union(boxes1, boxes2)
+    a, b = boxes1[:, :, None, :], boxes2[:, None, :, :]  # (B, N, 1, 4), (B, 1, M, 4)
+    hull_wh = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0)
+    hull = hull_wh[..., 0] * hull_wh[..., 1]
+    return inter / union - (hull - union) / hull
+
+
+def _batched_inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])  # (B, N)
     area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])  # (B, M)
     a, b = boxes1[:, :, None, :], boxes2[:, None, :, :]  # (B, N, 1, 4), (B, 1, M, 4)
     inter_wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
     inter = inter_wh[..., 0] * inter_wh[..., 1]  # (B, N, M)
-    union = area1[:, :, None] + area2[:, None, :] - inter
-    hull_wh = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0)
-    hull = hull_wh[..., 0] * hull_wh[..., 1]
-    return inter / union - (hull - union) / hull
+    return inter, area1[:, :, None] + area2[:, None, :] - inter
 
 
 def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

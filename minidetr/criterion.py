@@ -11,6 +11,11 @@ query to each target. Then:
 
 Box losses (and the sigmoid classification losses) are sums divided by ``num_boxes``, the number of target
 boxes in the batch averaged over processes, so every target weighs the same whatever the batch layout.
+With a one-to-many matcher (``minidetr.matching_o2m``, ``matcher.one_to_many``) a target has several pairs, so
+each layer's sums are divided by that layer's number of pairs instead (averaged over processes, at least 1):
+every positive weighs the same, and the loss scale stays the one-to-one loss's rather than growing with k.
+The number of pairs the final layer's matching made in the last call is ``criterion.last_positives`` (a
+Python int read from the CPU indices: no extra device sync).
 
 ``LOSS_RECIPES`` is the one table of what each classification method trains with by default: its
 loss weights, its matching costs and its alpha / gamma (read from the loss function's signature in
@@ -28,11 +33,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boxes import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
-from .distributed import all_reduce_mean
+from .distributed import all_reduce_mean, is_distributed
 from .losses import SIGMOID_LOSSES, classification_loss, softmax_cross_entropy
 from .matching import HungarianMatcher
 
-__all__ = ["LOSS_CLASSES", "LOSS_RECIPES", "SetCriterion", "box_losses", "num_boxes_across_processes"]
+__all__ = [
+    "LOSS_CLASSES",
+    "LOSS_RECIPES",
+    "SetCriterion",
+    "box_losses",
+    "num_boxes_across_processes",
+    "num_pairs_across_processes",
+]
 
 LOSS_CLASSES = ("ce", "focal", "vfl", "mal")
 
@@ -95,6 +107,15 @@ def num_boxes_across_processes(targets: list[dict[str, Tensor]], device: torch.d
     return max(all_reduce_mean(num).item(), 1.0)
 
 
+def num_pairs_across_processes(all_indices: list[list[tuple[Tensor, Tensor]]], device: torch.device) -> list[float]:
+    """Matched pairs of each entry of ``all_indices`` (one matcher result per layer), averaged over processes
+    (one collective for all), each >= 1. Alone, counted on the host from the CPU indices: no device sync."""
+    counts = [float(sum(len(q) for q, _ in indices)) for indices in all_indices]
+    if is_distributed():
+        counts = all_reduce_mean(torch.tensor(counts, device=device)).tolist()
+    return [max(c, 1.0) for c in counts]
+
+
 class SetCriterion(nn.Module):
     """Hungarian matching plus DETR's losses, for the final layer and every auxiliary layer.
 
@@ -106,6 +127,8 @@ class SetCriterion(nn.Module):
     ``matcher``, ``weight_dict`` (the three final-layer weights), ``eos_coef``, ``alpha`` and ``gamma`` left as
     ``None`` take the method's recipe from ``LOSS_RECIPES`` (DETR: CE 1, L1 5, GIoU 2, no-object 0.1; DEIM: MAL 1,
     L1 5, GIoU 2, gamma 1.5). A weight for a loss the criterion does not compute is an error, not a silent zero.
+    ``matcher`` may be one-to-many (``minidetr.matching_o2m.OneToManyMatcher``): the losses are then divided by the
+    number of pairs (module docstring). ``last_positives``: the final layer's pairs in the last call.
     """
 
     def __init__(
@@ -140,6 +163,7 @@ class SetCriterion(nn.Module):
         self.base_weight_dict = {k: float(base[k]) for k in sorted(expected)}
         self.weight_dict = dict(self.base_weight_dict)
         self._copy_weights([f"_{i}" for i in range(num_aux_layers)])
+        self.last_positives = 0
 
     def _copy_weights(self, suffixes: list[str]) -> None:
         for suffix in suffixes:
@@ -149,10 +173,36 @@ class SetCriterion(nn.Module):
         """``outputs``: ``pred_logits [B, Q, K(+1)]``, ``pred_boxes [B, Q, 4]``, optional ``aux_outputs``;
         ``targets``: B dicts with ``labels [T_b]`` and ``boxes [T_b, 4]`` (normalised cxcywh)."""
         num_boxes = num_boxes_across_processes(targets, outputs["pred_boxes"].device)
-        losses = self.layer_losses(outputs, targets, num_boxes)
-        for i, aux_out in enumerate(outputs.get("aux_outputs", [])):
-            losses.update({f"{k}_{i}": v for k, v in self.layer_losses(aux_out, targets, num_boxes).items()})
+        self._check_logits(outputs["pred_logits"])
+        layers = [outputs, *outputs.get("aux_outputs", [])]
+        losses: dict[str, Tensor] = {}
+        all_indices, norms = self.match_layers(layers, targets, num_boxes)
+        for i, (out, indices, norm) in enumerate(zip(layers, all_indices, norms, strict=True)):
+            suffix = "" if i == 0 else f"_{i - 1}"
+            losses.update({f"{k}{suffix}": v for k, v in self.layer_losses(out, targets, norm, indices).items()})
         return losses
+
+    def match_layers(
+        self, layers: list[dict], targets: list[dict[str, Tensor]], num_boxes: float
+    ) -> tuple[list[list[tuple[Tensor, Tensor]]], list[float]]:
+        """The matches of every entry of ``layers`` (the final layer first; one device-to-host copy when the
+        matcher has ``match_many``) and the number each layer's sums are divided by: ``num_boxes``, or for a
+        one-to-many matcher that layer's pairs. Sets ``last_positives`` from the first entry."""
+        many = getattr(self.matcher, "match_many", None)
+        all_indices = many(layers, targets) if many is not None else [self.matcher(o, targets) for o in layers]
+        self.last_positives = sum(len(q) for q, _ in all_indices[0])
+        if not getattr(self.matcher, "one_to_many", False):
+            return all_indices, [num_boxes] * len(layers)
+        return all_indices, num_pairs_across_processes(all_indices, layers[0]["pred_boxes"].device)
+
+    def _check_logits(self, logits: Tensor) -> None:
+        expected_k = self.num_classes + (1 if self.loss_class == "ce" else 0)
+        if logits.shape[-1] != expected_k:
+            raise ValueError(
+                f"loss_class={self.loss_class!r} with num_classes={self.num_classes} needs pred_logits with "
+                f"{expected_k} logits, got {logits.shape[-1]}; build the model with use_focal="
+                f"{self.loss_class != 'ce'}"
+            )
 
     def total(self, losses: dict[str, Tensor]) -> Tensor:
         """``sum(weight_dict[k] * losses[k])``: the loss a training step minimises. Every term must have a weight:
@@ -172,16 +222,11 @@ class SetCriterion(nn.Module):
         num_boxes: float,
         indices: list[tuple[Tensor, Tensor]] | None = None,
     ) -> dict[str, Tensor]:
-        """The three losses of one decoder layer's predictions; ``indices`` (B pairs ``(query_idx, target_idx)``)
-        skip the matcher: precomputed matches (``HungarianMatcher.match_many``) or fixed ones (denoising)."""
+        """The three losses of one decoder layer's predictions, sums divided by ``num_boxes``; ``indices`` (B pairs
+        ``(query_idx, target_idx)``) skip the matcher: precomputed matches (``match_layers``) or fixed ones
+        (denoising)."""
         logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K[+1]), (B, Q, 4)
-        expected_k = self.num_classes + (1 if self.loss_class == "ce" else 0)
-        if logits.shape[-1] != expected_k:
-            raise ValueError(
-                f"loss_class={self.loss_class!r} with num_classes={self.num_classes} needs pred_logits with "
-                f"{expected_k} logits, got {logits.shape[-1]}; build the model with use_focal="
-                f"{self.loss_class != 'ce'}"
-            )
+        self._check_logits(logits)
         if indices is None:
             indices = self.matcher({"pred_logits": logits, "pred_boxes": pred_boxes}, targets)
         # Flatten the matches of the batch: matched query q of image b predicts target boxes[b][t].

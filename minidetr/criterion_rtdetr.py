@@ -12,7 +12,9 @@ This class owns all the matching. The first three are Hungarian-matched, each on
 criteria do); all their cost matrices reach the CPU in ONE copy (``HungarianMatcher.match_many``). The
 denoising outputs need no matching: positive copy j of each group answers ground truth j
 (``dn_matched_indices``, from the layout ``minidetr.models.rtdetr.denoising`` builds), and since every target is
-counted once per group, their losses are divided by ``num_boxes * dn_num_group``.
+counted once per group, their losses are divided by ``num_boxes * dn_num_group``. A one-to-many matcher
+(``minidetr.matching_o2m``) replaces the Hungarian one for the final, auxiliary and encoder outputs, each layer's
+losses then divided by its number of pairs; denoising keeps its fixed pairs and normalisation.
 R50 with 6 layers: 3 losses x (1 + 5 + 1 + 6) = 39 terms, the official naming.
 
 The loss code is ``SetCriterion.layer_losses`` (VFL / MAL / focal + L1 + GIoU); this class only decides
@@ -23,10 +25,9 @@ autocast off: fp16 logits in a BCE or a GIoU lose the precision these small sums
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .criterion import SetCriterion, num_boxes_across_processes
-from .matching import HungarianMatcher
 
 __all__ = ["RTDETRCriterion", "dn_matched_indices"]
 
@@ -53,7 +54,7 @@ class RTDETRCriterion(SetCriterion):
     def __init__(
         self,
         num_classes: int,
-        matcher: HungarianMatcher | None = None,
+        matcher: nn.Module | None = None,
         weight_dict: dict[str, float] | None = None,
         loss_class: str = "mal",
         alpha: float | None = None,
@@ -76,10 +77,10 @@ class RTDETRCriterion(SetCriterion):
             matched = [("", _fp32(outputs))]
             matched += [(f"_aux_{i}", _fp32(o)) for i, o in enumerate(outputs.get("aux_outputs", []))]
             matched += [(f"_enc_{i}", _fp32(o)) for i, o in enumerate(outputs.get("enc_aux_outputs", []))]
-            all_indices = self.matcher.match_many([o for _, o in matched], targets)
+            all_indices, norms = self.match_layers([o for _, o in matched], targets, num_boxes)
             losses: dict[str, Tensor] = {}
-            for (suffix, out), indices in zip(matched, all_indices, strict=True):
-                losses.update(self._suffixed(self.layer_losses(out, targets, num_boxes, indices), suffix))
+            for (suffix, out), indices, norm in zip(matched, all_indices, norms, strict=True):
+                losses.update(self._suffixed(self.layer_losses(out, targets, norm, indices), suffix))
             if "dn_meta" in outputs:
                 meta = outputs["dn_meta"]
                 dn_indices = dn_matched_indices(meta, targets)

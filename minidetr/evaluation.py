@@ -2,7 +2,8 @@
 
 - :class:`PostProcess` turns ``pred_logits [B, Q, K(+1)]`` / ``pred_boxes [B, Q, 4]`` (normalised cxcywh) into
   scored xyxy boxes in each image's original pixels: softmax over K+1 with the no-object column dropped
-  (DETR), or sigmoid with a top-k over all Q*K (query, class) pairs (focal-style heads: RT-DETR, DEIM).
+  (DETR), or sigmoid with a top-k over all Q*K (query, class) pairs (focal-style heads: RT-DETR, DEIM), then
+  optionally class-aware NMS (``nms_iou``, for one-to-many models).
 - :class:`CocoEvaluator` collects those per image, maps contiguous labels back to the dataset's category ids,
   writes a ``detections*.json`` results file and runs COCOeval from pycocotools (the reference) or
   faster-coco-eval (same numbers, about 5x faster). COCOeval's printout is captured; :func:`format_table` prints.
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torch import Tensor
+from torchvision import ops
 
 from .boxes import box_cxcywh_to_xyxy
 from .distributed import all_gather_objects, is_distributed
@@ -42,12 +44,18 @@ class PostProcess(torch.nn.Module):
     "no object"; that column is dropped and each query keeps its best real class, so N = Q.
     ``use_focal=True``: each (query, class) pair is an independent sigmoid; the ``num_top_queries`` best of
     the Q*K pairs are kept, so one query may appear with two classes (N = min(num_top_queries, Q*K)).
+    ``nms_iou`` (one-to-many models, whose targets have several predictions): after that, per image and per class,
+    a box is dropped when it overlaps a higher-scoring one by IoU > ``nms_iou`` (``torchvision.ops.batched_nms``);
+    the kept detections come in decreasing score. ``None``: no NMS (DETR's one-to-one models need none).
     """
 
-    def __init__(self, use_focal: bool = False, num_top_queries: int = 100):
+    def __init__(self, use_focal: bool = False, num_top_queries: int = 100, nms_iou: float | None = None):
         super().__init__()
+        if nms_iou is not None and not 0 < nms_iou <= 1:
+            raise ValueError(f"nms_iou must lie in (0, 1] (or None: no NMS), got {nms_iou}")
         self.use_focal = use_focal
         self.num_top_queries = num_top_queries
+        self.nms_iou = nms_iou
 
     @torch.no_grad()
     def forward(self, outputs: dict[str, Tensor], orig_sizes: Tensor) -> list[dict[str, Tensor]]:
@@ -65,7 +73,11 @@ class PostProcess(torch.nn.Module):
             xyxy = xyxy.gather(1, query[..., None].expand(-1, -1, 4))
         else:
             scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # (B, Q): best real class per query
-        return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy, strict=True)]
+        results = [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy, strict=True)]
+        if self.nms_iou is None:
+            return results
+        keep = [ops.batched_nms(r["boxes"].float(), r["scores"].float(), r["labels"], self.nms_iou) for r in results]
+        return [{k: v[i] for k, v in r.items()} for r, i in zip(results, keep, strict=True)]
 
 
 def _backend_modules(backend: str) -> tuple[type, type]:

@@ -2,7 +2,8 @@
 
 ``python -m minidetr.predict --checkpoint runs/deim_shapes/checkpoint.pth IMAGE... [--output DIR]``
 writes ``DIR/<image name>_pred.png`` for each image, with every detection scoring at least
-``--threshold`` drawn and labelled with its class name and score, and prints the detections.
+``--threshold`` drawn and labelled with its class name and score, and prints the detections; one-to-many models
+get class-aware NMS (``--nms-iou``, by default the run's ``nms_iou``).
 A minidetr checkpoint holds its config, so the model is rebuilt from it and no preset is needed.
 
 The released official DEIM / RT-DETRv2 COCO weights hold no minidetr config: name the preset they were
@@ -136,6 +137,7 @@ def predict(
     use_focal: bool | None = None,
     max_size: int | None = None,
     top_k: int = 100,
+    nms_iou: float | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections for each image ``[3, H, W]`` (uint8, or float in [0, 1]): ``{"scores" [N], "labels" [N],
     "boxes" [N, 4]}`` with xyxy boxes in that image's pixels, ``N`` the predictions scoring >= ``threshold``.
@@ -146,10 +148,11 @@ def predict(
     max_size)``) and runs alone, since minidetr's DETR has no padding mask for a batch of different sizes.
     Either way the whole image is resized, with no padding, so the normalised boxes scale straight back to
     its pixels. ``top_k``: the (query, class) pairs a sigmoid head keeps per image (official RT-DETR / DEIM: 300).
+    ``nms_iou``: class-aware NMS at that IoU after the top-k (one-to-many models; ``PostProcess``), None: none.
     """
     if use_focal is None:  # the model says which head it has (RT-DETR / DEIM: always sigmoid)
         use_focal = model.sigmoid_head
-    postprocess = PostProcess(use_focal=use_focal, num_top_queries=top_k)
+    postprocess = PostProcess(use_focal=use_focal, num_top_queries=top_k, nms_iou=nms_iou)
     device = next(model.parameters()).device
 
     def run(group: list[Tensor], shape: list[int]) -> list[dict[str, Tensor]]:
@@ -202,10 +205,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
         help="detections kept per image before --threshold (default: the training config's num_top_queries; "
         "300 for the official RT-DETRv2 / DEIM presets, 100 for DETR)",
     )
+    parser.add_argument(
+        "--nms-iou",
+        type=float,
+        metavar="IOU",
+        help="class-aware NMS at this IoU (default: the training config's nms_iou, none for one-to-one models; "
+        "0 turns it off)",
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k <= 0:
         parser.error(f"--top-k {args.top_k} must be > 0")
+    if args.nms_iou is not None and not 0 <= args.nms_iou <= 1:
+        parser.error(f"--nms-iou {args.nms_iou} must lie between 0 (off) and 1")
     if not 0 <= args.threshold <= 1:
         parser.error(f"--threshold {args.threshold} must lie between 0 and 1")
     if args.image_size is not None and (args.image_size <= 0 or args.image_size % 32):
@@ -220,9 +232,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     # official DETR weights: aspect kept, shorter side `size`, longer at most 1333 at the default 800
     max_size = round(size * DETR_MAX_SIZE / DETR_SHORT_SIDE) if args.preset and cfg.model.family == "detr" else None
     top_k = args.top_k or cfg.num_top_queries
+    nms_iou = cfg.nms_iou if args.nms_iou is None else (args.nms_iou or None)  # 0: off
     written: list[Path] = []
     for path, image in zip(args.images, images, strict=True):
-        det = predict(model, [image], size, args.threshold, max_size=max_size, top_k=top_k)[0]
+        det = predict(model, [image], size, args.threshold, max_size=max_size, top_k=top_k, nms_iou=nms_iou)[0]
         base, stem, n = Path(path).stem, Path(path).stem, 0
         while out / f"{stem}_pred.png" in written:  # inputs of one name (a/x.jpg, b/x.jpg): x_pred.png, x_1_pred.png
             n += 1

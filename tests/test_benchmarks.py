@@ -41,3 +41,33 @@ def test_vfl_vs_mal_writes_configs_that_differ_only_in_the_loss(tmp_path, monkey
     model, cfg, names = load_model(tmp_path / "mal" / "seed0" / "model.pt")
     assert cfg.loss_class == "mal" and names == ["circle", "square", "triangle", "cross"]
     assert "| vfl | 0 |" in vfl_vs_mal.to_markdown(results, tmp_path, "0", "0")
+
+
+def test_o2m_vs_o2o_differs_from_the_committed_mal_arm_only_in_the_assignment(tmp_path, monkeypatch):
+    """The one-to-many arm is the committed MAL seed-0 run with only the assignment fields changed; the script runs
+    at toy size, its small checkpoint loads and is scored with and without NMS."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import o2m_vs_o2o
+
+    from minidetr.predict import load_model
+    from minidetr.train import apply_overrides, config_from_dict, config_to_dict, get_preset, resolve_loss
+
+    committed = json.loads((ROOT / "benchmarks" / "vfl_vs_mal" / "mal" / "seed0" / "config.json").read_text())
+    committed = config_to_dict(config_from_dict(committed))  # fields added since then take their defaults
+    overrides = [*o2m_vs_o2o.ARMS["topk"], "seed=0"]
+    arm = config_to_dict(resolve_loss(apply_overrides(get_preset("rtdetr_shapes"), overrides)))
+    assert committed["assignment"] == "o2o" and committed["nms_iou"] is None
+    differ = {k for k in committed if committed[k] != arm[k]}
+    assert differ == {"assignment", "nms_iou"}  # assignment_k=4 is also the field's default
+    assert (arm["assignment"], arm["assignment_k"], arm["nms_iou"]) == ("topk", 4, 0.7)
+
+    tiny = ["data.shapes_num_train=16", "data.shapes_num_val=8", "batch_size=8"]
+    result = o2m_vs_o2o.run_arm("topk", 0, tmp_path, epochs=1, extra=tiny)
+    assert {"AP", "AP_no_nms"} <= set(result)
+    model_path = tmp_path / "topk" / "seed0" / "model.pt"
+    _, cfg, _ = load_model(model_path)
+    assert cfg.assignment == "topk" and (tmp_path / "topk" / "seed0" / "metrics.jsonl").is_file()
+    scores = o2m_vs_o2o.evaluate_saved(model_path)
+    assert set(scores) == {"AP", "AP50", "AP_no_nms", "AP50_no_nms"}

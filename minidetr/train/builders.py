@@ -22,6 +22,7 @@ from ..criterion import SetCriterion
 from ..criterion_rtdetr import RTDETRCriterion
 from ..data import AugmentationPolicy, CocoDetection, Mosaic, build_transforms, check_same_categories, ensure_shapes
 from ..matching import HungarianMatcher
+from ..matching_o2m import OneToManyMatcher
 from .config import ConfigError, TrainConfig, resolve_loss
 
 _log = logging.getLogger("minidetr.train")
@@ -154,11 +155,18 @@ def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
 def build_criterion(cfg: TrainConfig) -> SetCriterion:
     """The criterion of ``cfg``: DETR's ``SetCriterion`` (final + auxiliary layers) or, for the RT-DETR family,
     ``RTDETRCriterion`` (final, auxiliary, encoder and denoising outputs). Loss fields left ``None`` take the
-    ``cfg.loss_class`` recipe (``minidetr.criterion.LOSS_RECIPES``)."""
+    ``cfg.loss_class`` recipe (``minidetr.criterion.LOSS_RECIPES``). ``cfg.assignment``: ``"o2o"`` (Hungarian with
+    the set costs) or one-to-many ``"topk"`` / ``"simota"`` (``minidetr.matching_o2m.OneToManyMatcher``)."""
     cfg = resolve_loss(cfg)
-    matcher = HungarianMatcher(
-        cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=cfg.loss_class != "ce"
-    )
+    focal = cfg.loss_class != "ce"
+    if cfg.assignment == "o2o":
+        matcher: torch.nn.Module = HungarianMatcher(
+            cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=focal
+        )
+    else:  # one-to-many: duplicates at inference, which NMS removes
+        matcher = OneToManyMatcher(cfg.assignment, cfg.assignment_k, cfg.assignment_min_iou, use_focal=focal)
+        if cfg.nms_iou is None:
+            _log.warning("assignment=%s trains duplicates: evaluate with NMS, e.g. --set nms_iou=0.7", cfg.assignment)
     weights = {
         f"loss_{cfg.loss_class}": cfg.class_loss_coef,
         "loss_bbox": cfg.bbox_loss_coef,

@@ -123,6 +123,15 @@ class TrainConfig:
     eos_coef: float | None = None  # "ce" only: the weight of the no-object class
     loss_alpha: float | None = None  # focal / VFL class balance; MAL: an optional weight on its negatives
     loss_gamma: float | None = None  # focal / VFL / MAL focusing exponent
+    # Assignment of the final, auxiliary (and RT-DETR encoder) outputs; denoising keeps its fixed pairs. "o2o":
+    # Hungarian, one query per target; "topk" / "simota": one-to-many (minidetr.matching_o2m), losses divided by
+    # the number of pairs. assignment_k: topk's queries per target, SimOTA's q (its dynamic k_t is at most q).
+    assignment: Literal["o2o", "topk", "simota"] = "o2o"
+    assignment_k: int = 4
+    assignment_min_iou: float = 0.0  # one-to-many: no pair below this IoU (0: no floor)
+    # Class-aware NMS (torchvision batched_nms) at this IoU in evaluation and predict; None: none (one-to-one
+    # models need none; one-to-many ones do, 0.7 is a good start). fit() then also logs the AP without NMS.
+    nms_iou: float | None = None
     # Runtime.
     seed: int = 0
     num_workers: int = 0
@@ -190,6 +199,14 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} must be a finite number >= 0 (or none: the recipe's value), got {value}")
+        if self.assignment not in ("o2o", "topk", "simota"):
+            raise ConfigError(f"assignment={self.assignment!r}: choose o2o (Hungarian), topk or simota")
+        if not (isinstance(self.assignment_k, int) and self.assignment_k >= 1):
+            raise ConfigError(f"assignment_k must be an integer >= 1 (queries per target), got {self.assignment_k}")
+        if not 0 <= self.assignment_min_iou < 1:  # also refuses nan
+            raise ConfigError(f"assignment_min_iou must lie in [0, 1) (0: no floor), got {self.assignment_min_iou}")
+        if self.nms_iou is not None and not 0 < self.nms_iou <= 1:
+            raise ConfigError(f"nms_iou must lie in (0, 1] (or none: no NMS), got {self.nms_iou}")
         try:  # overrides bypass the model config's __post_init__; rebuilding runs its checks again
             dataclasses.replace(self.model)
         except ValueError as e:

@@ -115,7 +115,8 @@ def train_one_epoch(
     epoch_sums: dict[str, float] = defaultdict(float)
     window: dict[str, float] = defaultdict(float)
     n_epoch = n_window = over_window = over_epoch = 0
-    boxes_kept = boxes_removed = 0
+    boxes_kept = boxes_removed = images_seen = 0
+    positives: int | None = 0 if hasattr(criterion, "last_positives") else None
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}", disable=not (progress and is_main_process()), leave=False, dynamic_ncols=True
     )
@@ -138,6 +139,9 @@ def train_one_epoch(
         over_window += over
         over_epoch += over
         boxes_kept += sum(len(t["labels"]) for t in targets)
+        images_seen += len(targets)
+        if positives is not None:  # the final layer's pairs, a host-side int the criterion kept
+            positives += criterion.last_positives
         boxes_removed += sum(int(t.get("boxes_removed", 0)) for t in targets)
         optimizer.zero_grad(set_to_none=True)
         # Under DDP every parameter must take part in backward (a batch without targets skips denoising).
@@ -176,13 +180,14 @@ def train_one_epoch(
             "matched: raise model.num_queries", epoch, over_epoch, num_queries, num_queries,
         )  # fmt: skip
     counts = {"images_over_queries": over_epoch, "boxes_kept": boxes_kept, "boxes_removed": boxes_removed}
+    counts.update(images=images_seen, **({} if positives is None else {"positives": positives}))
     return step, {**{k: v / max(1, n_epoch) for k, v in epoch_sums.items()}, **counts}
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    postprocess: nn.Module,
+    postprocess: nn.Module | list[nn.Module],
     loader: Iterable,
     evaluator,
     device: torch.device | str,
@@ -192,13 +197,17 @@ def evaluate(
     """Feed the model's post-processed detections for every validation image into ``evaluator``.
 
     ``postprocess(outputs, orig_sizes [B, 2])`` gives boxes in the original image's pixels, so the
-    evaluator compares them with the annotation file as it is; the caller then ``summarize()``s.
+    evaluator compares them with the annotation file as it is; the caller then ``summarize()``s. Lists of
+    post-processors and evaluators (same length) score the same model outputs several ways (e.g. with and
+    without NMS) in one pass: ``evaluator[i]`` gets ``postprocess[i]``'s detections.
     """
+    pairs = list(zip(postprocess, evaluator, strict=True)) if isinstance(evaluator, list | tuple) else None
+    pairs = pairs or [(postprocess, evaluator)]
     model.eval()
     bar = tqdm(loader, desc="eval", disable=not (progress and is_main_process()), leave=False, dynamic_ncols=True)
     for images, targets in bar:
         outputs = model(images.to(device, non_blocking=True))
         orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        results = postprocess(outputs, orig_sizes)
         image_ids = [int(t["image_id"]) for t in targets]
-        evaluator.update([{k: v.cpu() for k, v in r.items()} for r in results], image_ids)
+        for post, ev in pairs:
+            ev.update([{k: v.cpu() for k, v in r.items()} for r in post(outputs, orig_sizes)], image_ids)

@@ -9,12 +9,17 @@ Three kinds of record, told apart by ``"kind"``:
   cannot be matched and are counted rather than silently dropped).
 - ``"data"``, one per epoch: ``boxes_kept`` (target boxes the training batches held after augmentation),
   ``boxes_removed_by_augmentation`` (boxes the crops, mosaic affine and sanitising removed) and their
-  ``share_removed``; ``policy``, the epoch's augmentation switches (``minidetr.data.AugmentationPolicy``):
-  ``{"mosaic": p, "mixup": p, "photometric": bool, "zoom_out": bool, "iou_crop": bool, "multiscale": bool}``
-  (zoom-out and IoU-crop apply to the samples without a mosaic). A mixed-up target holds both images' boxes,
-  so with MixUp on, ``boxes_kept`` counts each box of the batch's images twice.
+  ``share_removed``; ``targets_per_image`` (``boxes_kept`` / training images) and ``positives_per_image`` (pairs
+  the final decoder layer's assignment made, per training image: one per matched target for the one-to-one
+  Hungarian matcher, so equal to ``targets_per_image`` unless an image has more targets than queries; every pair,
+  up to k per target, for a one-to-many one; absent when the criterion does not count them); ``policy``, the
+  epoch's augmentation switches (``minidetr.data.AugmentationPolicy``): ``{"mosaic": p, "mixup": p,
+  "photometric": bool, "zoom_out": bool, "iou_crop": bool, "multiscale": bool}`` (zoom-out and IoU-crop apply to
+  the samples without a mosaic). A mixed-up target holds both images' boxes, so with MixUp on, ``boxes_kept``
+  counts each box of the batch's images twice.
 - ``"eval"``: ``step``, ``epoch`` and the COCO stats (``AP``, ``AP50``, ..., ``AR100``), plus
-  ``time_s`` (seconds since the run started).
+  ``time_s`` (seconds since the run started); with ``nms_iou`` set, the stats are after NMS and
+  ``AP_no_nms`` / ``AP50_no_nms`` score the same outputs without it.
 
 JSON lines rather than one JSON document: a record is appended and flushed as soon as it exists, so a
 crashed or still-running job leaves a readable file, and ``tail -f metrics.jsonl`` follows a run.

@@ -114,7 +114,9 @@ def fit(
     criterion = build_criterion(cfg).to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_schedule(cfg, len(train_loader)))
-    postprocess = PostProcess(use_focal=cfg.model.sigmoid_head, num_top_queries=cfg.num_top_queries)
+    # with NMS, the same outputs are also scored without it (the eval record's *_no_nms numbers)
+    nms = [cfg.nms_iou] + ([None] if cfg.nms_iou is not None else [])
+    postprocess = [PostProcess(cfg.model.sigmoid_head, cfg.num_top_queries, nms_iou) for nms_iou in nms]
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmups) if cfg.ema else None
     if dist_info.distributed:  # same initial model everywhere (above), then each process its own random stream
         seed_everything(cfg.seed + dist_info.rank)  # (augmentations, denoising noise)
@@ -179,10 +181,15 @@ def fit(
 
 
 def _data_counts(means: dict[str, float]) -> dict[str, float]:
-    """The epoch's ``"data"`` record: boxes the training images kept after augmentation and boxes it removed."""
-    kept, removed = int(means["boxes_kept"]), int(means["boxes_removed"])
+    """The epoch's ``"data"`` record: boxes the training images kept after augmentation and boxes it removed,
+    targets and (when the criterion counts them) final-layer positives per training image."""
+    kept, removed, images = int(means["boxes_kept"]), int(means["boxes_removed"]), max(1, int(means["images"]))
     share = removed / max(1, kept + removed)
-    return {"boxes_kept": kept, "boxes_removed_by_augmentation": removed, "share_removed": share}
+    record = {"boxes_kept": kept, "boxes_removed_by_augmentation": removed, "share_removed": share}
+    record["targets_per_image"] = kept / images
+    if "positives" in means:
+        record["positives_per_image"] = means["positives"] / images
+    return record
 
 
 def _read_resume(resume: Any, cfg: TrainConfig) -> dict[str, Any]:
@@ -271,12 +278,15 @@ def _restore_random_state(state: dict[str, Any], loader, dist_info) -> None:
 
 def _evaluate(model, postprocess, loader, dataset, cfg: TrainConfig, device, out: Path, epoch: int, progress: bool):
     """COCO stats of ``model`` on the val set after ``epoch``; writes ``detections_epoch{epoch}.json``."""
-    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_category_id, backend=cfg.eval_backend)
-    engine.evaluate(model, postprocess, loader, evaluator, device, progress=progress)
-    evaluator.synchronize_between_processes()  # under torchrun each rank saw its share of the val images
+    evaluators = [CocoEvaluator(dataset.coco, dataset.label_to_category_id, cfg.eval_backend) for _ in postprocess]
+    engine.evaluate(model, postprocess, loader, evaluators, device, progress=progress)
+    for ev in evaluators:
+        ev.synchronize_between_processes()  # under torchrun each rank saw its share of the val images
+    evaluator = evaluators[0]
     if is_main_process():
         evaluator.write_results(out / f"detections_epoch{epoch}.json")
-    return {**evaluator.summarize(), "per_class_AP": evaluator.per_class_ap(), "epoch": epoch}
+    raw = {f"{k}_no_nms": v for ev in evaluators[1:] for k, v in ev.summarize().items() if k in ("AP", "AP50")}
+    return {**evaluator.summarize(), **raw, "per_class_AP": evaluator.per_class_ap(), "epoch": epoch}
 
 
 def _check_eval_backend(cfg: TrainConfig) -> None:
