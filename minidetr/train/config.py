@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ..criterion import LOSS_RECIPES
 from ..models import DETRConfig, ModelConfig, model_config_from_dict
+from .ranges import ConfigError, validate_assignment, validate_dense_o2o
 
 __all__ = [
     "ConfigError",
@@ -31,10 +32,6 @@ __all__ = [
     "save_config",
     "format_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A bad preset name, override key or value; the message is one line meant for the user."""
 
 
 @dataclass
@@ -189,7 +186,7 @@ class TrainConfig:
                 f"data.multiscale_sizes={d.multiscale_sizes}: every size must be a positive multiple of 32 "
                 "(the coarsest feature map has stride 32)"
             )
-        _validate_dense_o2o(d)
+        validate_dense_o2o(d)
         if self.lr_schedule == "flat_cosine" and not 0 <= self.flat_epoch <= self.epochs - self.no_aug_epoch:
             raise ConfigError(
                 f"flat_cosine needs 0 <= flat_epoch ({self.flat_epoch}) <= epochs ({self.epochs}) - no_aug_epoch "
@@ -199,14 +196,7 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} must be a finite number >= 0 (or none: the recipe's value), got {value}")
-        if self.assignment not in ("o2o", "topk", "simota"):
-            raise ConfigError(f"assignment={self.assignment!r}: choose o2o (Hungarian), topk or simota")
-        if not (isinstance(self.assignment_k, int) and self.assignment_k >= 1):
-            raise ConfigError(f"assignment_k must be an integer >= 1 (queries per target), got {self.assignment_k}")
-        if not 0 <= self.assignment_min_iou < 1:  # also refuses nan
-            raise ConfigError(f"assignment_min_iou must lie in [0, 1) (0: no floor), got {self.assignment_min_iou}")
-        if self.nms_iou is not None and not 0 < self.nms_iou <= 1:
-            raise ConfigError(f"nms_iou must lie in (0, 1] (or none: no NMS), got {self.nms_iou}")
+        validate_assignment(self)
         try:  # overrides bypass the model config's __post_init__; rebuilding runs its checks again
             dataclasses.replace(self.model)
         except ValueError as e:
@@ -219,38 +209,6 @@ class TrainConfig:
                 "(sigmoid losses use a head without the no-object logit)"
             )
         return self
-
-
-def _validate_dense_o2o(d: DataConfig) -> None:
-    """DEIM's mosaic / mixup / policy fields: ranges, ordering and what needs what, each error naming its field.
-    Epochs past the run's end are allowed (a phase that never ends, as a stop_epoch past the end)."""
-    for key in ("mosaic_prob", "mixup_prob"):
-        value = getattr(d, key)
-        if not (math.isfinite(value) and 0 <= value <= 1):
-            raise ConfigError(f"data.{key} must be a probability in [0, 1], got {value}")
-    for key, n, names in (("policy_epochs", 3, "[p0, p1, p2]"), ("mixup_epochs", 2, "[start, end]")):
-        e = getattr(d, key)
-        if e and (len(e) != n or any(int(x) != x or x < 0 for x in e) or list(e) != sorted(e)):
-            raise ConfigError(f"data.{key} must be [] or {n} whole epochs {names} in increasing order, got {e}")
-    if d.mosaic_prob and not d.policy_epochs:
-        raise ConfigError("data.mosaic_prob > 0 needs data.policy_epochs [p0, p1, p2] (mosaic runs in [p0, p1))")
-    if d.mixup_prob and not d.mixup_epochs:
-        raise ConfigError("data.mixup_prob > 0 needs data.mixup_epochs [start, end] (the epochs it runs in)")
-    if d.policy_epochs and d.stop_epoch is not None and d.stop_epoch != d.policy_epochs[2]:
-        raise ConfigError(
-            f"data.stop_epoch ({d.stop_epoch}) and data.policy_epochs[2] ({d.policy_epochs[2]}) both end the strong "
-            "augmentations: change the third of data.policy_epochs (DEIM's stop epoch) and set stop_epoch to the "
-            "same epoch or to none"
-        )
-    if d.mosaic_size <= 0:
-        raise ConfigError(f"data.mosaic_size must be > 0 (each tile's shorter side in px), got {d.mosaic_size}")
-    if not (math.isfinite(d.mosaic_rotation) and 0 <= d.mosaic_rotation <= 180):
-        raise ConfigError(f"data.mosaic_rotation must be degrees in [0, 180], got {d.mosaic_rotation}")
-    if not (math.isfinite(d.mosaic_translate) and 0 <= d.mosaic_translate <= 1):
-        raise ConfigError(f"data.mosaic_translate must be a fraction of the canvas in [0, 1], got {d.mosaic_translate}")
-    s = d.mosaic_scale
-    if len(s) != 2 or not all(math.isfinite(v) for v in s) or not 0 < s[0] <= s[1]:
-        raise ConfigError(f"data.mosaic_scale must be [low, high] with 0 < low <= high (e.g. [0.5, 1.5]), got {s}")
 
 
 # The TrainConfig fields that default to the loss recipe, and where each one's value sits in LOSS_RECIPES.
