@@ -1,15 +1,18 @@
-"""CPU threading defaults: set when ``minidetr`` is imported, reported when a run starts.
+"""CPU threading defaults: chosen when ``minidetr`` is imported, reported when a run starts.
 
 Why: torch runs its CPU ops on OpenMP threads (libgomp). At the end of every parallel region a thread that
 finishes first *spins*, waiting for its siblings. On a quiet machine that saves a wake-up; on a busy one (other
 jobs, data-loader workers) a sibling may be descheduled, and the spinning thread burns the very core the sibling
 needs. A small model runs thousands of such regions per step, so the step slows down far more than its share of
-the CPU: ``benchmarks/threads_under_load.py`` measures it (benchmarks/RESULTS.md). With ``OMP_WAIT_POLICY=PASSIVE``
-waiting threads sleep instead, and a run slows down in proportion to the load.
+the CPU. ``benchmarks/threads_under_load.py`` measures both sides (benchmarks/RESULTS.md): with 4 busy processes
+on 2 cores a ``deim_shapes`` step took 28x longer spinning than with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads
+sleep), while on a quieter machine sleeping cost about a third more per step.
 
-OpenMP reads the variable once, when torch loads its runtime, so it must be set before ``import torch``:
-``import minidetr`` does it (``setdefault``: a value you set yourself wins) when it is imported first; the lessons
-import it first for that reason. :func:`describe` says what is in effect.
+So the choice depends on the machine, and :func:`choose_wait_policy` makes it from the load when minidetr is
+imported: ``PASSIVE`` when the last minute's load average already holds at least one runnable job more than there
+are cores, OpenMP's default otherwise. A value you set yourself always wins. OpenMP reads the variable once, when
+torch loads its runtime, so this only works when minidetr is imported before torch (the lessons do that);
+:func:`describe` says what is in effect.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["WAIT_POLICY", "usable_cpus", "wait_policy", "describe", "worker_warning"]
+__all__ = [
+    "WAIT_POLICY",
+    "usable_cpus",
+    "load_average",
+    "choose_wait_policy",
+    "wait_policy",
+    "describe",
+    "worker_warning",
+]
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
-_SET_BY_USER = WAIT_POLICY in os.environ
-_TORCH_FIRST = "torch" in sys.modules  # then torch's OpenMP runtime has already read the environment
-os.environ.setdefault(WAIT_POLICY, "PASSIVE")
 
 
 def usable_cpus() -> int:
@@ -33,14 +41,40 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def load_average() -> float | None:
+    """The last minute's load average (runnable jobs), or None where the system does not say."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def choose_wait_policy(load: float | None, cpus: int) -> str | None:
+    """``"PASSIVE"`` when ``load`` holds at least one runnable job more than ``cpus``, else None (OpenMP's default)."""
+    return "PASSIVE" if load is not None and load >= cpus + 1 else None
+
+
+_SET_BY_USER = WAIT_POLICY in os.environ
+_TORCH_FIRST = "torch" in sys.modules  # then torch's OpenMP runtime has already read the environment
+_LOAD_AT_IMPORT = load_average()
+_CHOSEN = None if _SET_BY_USER else choose_wait_policy(_LOAD_AT_IMPORT, usable_cpus())
+if _CHOSEN is not None:
+    os.environ[WAIT_POLICY] = _CHOSEN
+
+
 def wait_policy() -> str:
     """The OpenMP wait policy in effect for this process, and where it came from."""
     if _SET_BY_USER:
         return f"{os.environ[WAIT_POLICY]} (set in the environment)"
+    load = "unknown" if _LOAD_AT_IMPORT is None else f"{_LOAD_AT_IMPORT:.1f}"
     if _TORCH_FIRST:
-        return ("OpenMP's default, spinning (torch was imported before minidetr; import minidetr first, or set "
-                f"{WAIT_POLICY}=PASSIVE, to keep a busy machine from slowing training down many times)")  # fmt: skip
-    return "PASSIVE (minidetr's default: idle threads sleep, so a busy machine slows a run only by its load)"
+        return (f"OpenMP's default, spinning (torch was imported before minidetr, so minidetr could not choose; on a "
+                f"busy machine import minidetr first or set {WAIT_POLICY}=PASSIVE)")  # fmt: skip
+    if _CHOSEN is not None:
+        return (f"PASSIVE (the machine was busy when minidetr was imported, load {load} on {usable_cpus()} cores: "
+                "idle threads sleep instead of spinning)")  # fmt: skip
+    return (f"OpenMP's default, spinning (the machine was quiet when minidetr was imported, load {load}; set "
+            f"{WAIT_POLICY}=PASSIVE if other jobs will share it)")  # fmt: skip
 
 
 def describe(num_workers: int, device: str) -> str:

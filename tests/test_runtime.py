@@ -18,12 +18,19 @@ def _run(code: str, **env: str) -> str:
     return out.stdout
 
 
-REPORT = "import os\nfrom minidetr import runtime\nprint(os.environ['OMP_WAIT_POLICY'], '|', runtime.wait_policy())"
+REPORT = "import os\nfrom minidetr import runtime\nprint(os.environ.get('OMP_WAIT_POLICY'), '|', runtime.wait_policy())"
 
 
-def test_importing_minidetr_first_makes_waiting_threads_sleep():
-    out = _run("import minidetr\n" + REPORT)
-    assert out.startswith("PASSIVE | PASSIVE (minidetr's default")
+def test_the_policy_follows_the_load_at_import():
+    assert runtime.choose_wait_policy(3.0, 2) == "PASSIVE" and runtime.choose_wait_policy(7.5, 2) == "PASSIVE"
+    assert runtime.choose_wait_policy(2.9, 2) is None and runtime.choose_wait_policy(None, 2) is None
+    code = ("import os\nfrom minidetr import runtime\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), runtime._CHOSEN, runtime.choose_wait_policy("
+            "runtime._LOAD_AT_IMPORT, runtime.usable_cpus()), '|', runtime.wait_policy())")  # fmt: skip
+    env_value, chosen, expected, _, said = _run(code).split(maxsplit=4)
+    assert chosen == expected and env_value == chosen  # set in the environment exactly when chosen
+    assert ("PASSIVE (the machine was busy" in said) == (chosen == "PASSIVE")
+    assert ("spinning (the machine was quiet" in said) == (chosen == "None")
 
 
 def test_a_policy_set_by_the_user_wins():
