@@ -81,7 +81,8 @@ def describe(num_workers: int, device: str) -> str:
     """One line for the start of a run: cores, load, torch threads, data-loader workers, wait policy."""
     import torch
 
-    load = f", load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    now = load_average()
+    load = "" if now is None else f", load {now:.1f}"
     return (f"{device}: {usable_cpus()} usable CPU core(s){load}; torch threads {torch.get_num_threads()}, "
             f"data-loader workers {num_workers}; OpenMP wait policy {wait_policy()}")  # fmt: skip
 

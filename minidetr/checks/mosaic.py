@@ -16,6 +16,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from ..data.mosaic import tile_shape
 from ._common import call_learner_reporting, passed
 
 __all__ = ["mosaic_boxes", "check_mosaic_boxes"]
@@ -25,8 +26,7 @@ def _layout(sizes: Sequence[tuple[int, int]], output_size: int) -> tuple[list[tu
     """Per tile the (x, y) scale factors of DEIM's resize (shorter side -> ``output_size``), and max_h, max_w."""
     factors, shapes = [], []
     for h, w in sizes:
-        s = output_size / min(h, w)
-        new_h, new_w = max(1, round(h * s)), max(1, round(w * s))
+        new_h, new_w = tile_shape(h, w, output_size)
         factors.append((new_w / w, new_h / h))
         shapes.append((new_h, new_w))
     return factors, max(h for h, _ in shapes), max(w for _, w in shapes)

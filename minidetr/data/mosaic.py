@@ -24,7 +24,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["Mosaic", "RawDataset"]
+__all__ = ["Mosaic", "RawDataset", "tile_shape"]
+
+
+def tile_shape(h: int, w: int, output_size: int) -> tuple[int, int]:
+    """``(new_h, new_w)`` of an ``h x w`` image resized so that its shorter side is ``output_size`` (DEIM's tiles)."""
+    s = output_size / min(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
 
 
 class RawDataset(Protocol):
@@ -62,12 +68,11 @@ class Mosaic:
 
     def _tile(self, image: Tensor, boxes: tv_tensors.BoundingBoxes) -> tuple[Tensor, Tensor]:
         h, w = image.shape[-2:]
-        s = self.output_size / min(h, w)
-        new_h, new_w = max(1, round(h * s)), max(1, round(w * s))
+        new_h, new_w = tile_shape(h, w, self.output_size)
         if (new_h, new_w) == (h, w):
             return image, boxes.as_subclass(Tensor)
         # bilinear with antialias only when shrinking a lot (cheap: the later affine resamples anyway)
-        image = F.resize(image.as_subclass(Tensor), [new_h, new_w], antialias=s < 0.5)
+        image = F.resize(image.as_subclass(Tensor), [new_h, new_w], antialias=self.output_size < min(h, w) / 2)
         scale = torch.tensor([new_w / w, new_h / h, new_w / w, new_h / h])
         return image, boxes.as_subclass(Tensor) * scale
 
