@@ -15,7 +15,9 @@ With a one-to-many matcher (``minidetr.matching_o2m``, ``matcher.one_to_many``) 
 each layer's sums are divided by that layer's number of pairs instead (averaged over processes, at least 1):
 every positive weighs the same, and the loss scale stays the one-to-one loss's rather than growing with k.
 The number of pairs the final layer's matching made in the last call is ``criterion.last_positives`` (a
-Python int read from the CPU indices: no extra device sync).
+Python int read from the CPU indices: no extra device sync), and the sum of those pairs' IoUs (predicted box
+against its target, detached) is ``criterion.last_matched_iou`` (a 0-d tensor on the boxes' device, left there so
+that reading it costs no sync per step): matchability, DEIM's word for how well the matched queries fit.
 
 ``LOSS_RECIPES`` is the one table of what each classification method trains with by default: its
 loss weights, its matching costs and its alpha / gamma (read from the loss function's signature in
@@ -116,6 +118,20 @@ def num_pairs_across_processes(all_indices: list[list[tuple[Tensor, Tensor]]], d
     return [max(c, 1.0) for c in counts]
 
 
+@torch.no_grad()
+def matched_iou_sum(
+    pred_boxes: Tensor, targets: list[dict[str, Tensor]], indices: list[tuple[Tensor, Tensor]]
+) -> Tensor:
+    """Sum over the matched pairs ``indices`` of IoU(predicted box, its target box), boxes normalised cxcywh; a
+    0-d tensor on ``pred_boxes``' device (0 without pairs)."""
+    pred = [pred_boxes[b, q.to(pred_boxes.device)] for b, (q, _) in enumerate(indices)]
+    gt = [t["boxes"][j.to(t["boxes"].device)].to(pred_boxes) for t, (_, j) in zip(targets, indices, strict=True)]
+    if not pred or sum(len(p) for p in pred) == 0:
+        return pred_boxes.new_zeros(()).float()
+    iou = paired_box_iou(box_cxcywh_to_xyxy(torch.cat(pred)), box_cxcywh_to_xyxy(torch.cat(gt)))
+    return iou.float().sum()
+
+
 class SetCriterion(nn.Module):
     """Hungarian matching plus DETR's losses, for the final layer and every auxiliary layer.
 
@@ -164,6 +180,7 @@ class SetCriterion(nn.Module):
         self.weight_dict = dict(self.base_weight_dict)
         self._copy_weights([f"_{i}" for i in range(num_aux_layers)])
         self.last_positives = 0
+        self.last_matched_iou = torch.zeros(())
 
     def _copy_weights(self, suffixes: list[str]) -> None:
         for suffix in suffixes:
@@ -191,6 +208,7 @@ class SetCriterion(nn.Module):
         many = getattr(self.matcher, "match_many", None)
         all_indices = many(layers, targets) if many is not None else [self.matcher(o, targets) for o in layers]
         self.last_positives = sum(len(q) for q, _ in all_indices[0])
+        self.last_matched_iou = matched_iou_sum(layers[0]["pred_boxes"], targets, all_indices[0])
         if not getattr(self.matcher, "one_to_many", False):
             return all_indices, [num_boxes] * len(layers)
         return all_indices, num_pairs_across_processes(all_indices, layers[0]["pred_boxes"].device)

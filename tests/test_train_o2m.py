@@ -68,6 +68,27 @@ def test_data_record_counts_targets_and_positives_per_image(runs):
     many = read_metrics(topk, kind="data")[0]
     assert many["targets_per_image"] == pytest.approx(first["targets_per_image"])  # same images, same seed
     assert many["targets_per_image"] < many["positives_per_image"] <= 3 * many["targets_per_image"]
+    # matchability: the mean IoU of the final layer's pairs, a fraction (an untrained model's boxes barely overlap)
+    assert 0 < first["matched_iou"] < 1 and 0 < many["matched_iou"] < 1
+
+
+def test_matched_iou_sum_is_the_pairs_iou_against_torchvision():
+    from torchvision.ops import box_convert, box_iou
+
+    from minidetr.criterion import matched_iou_sum
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.cat([torch.rand(2, 5, 2, generator=g) * 0.5 + 0.25, torch.rand(2, 5, 2, generator=g) * 0.3 + 0.1], -1)
+    targets = [
+        {"boxes": pred[0, [1, 3]] + 0.02, "labels": torch.zeros(2)},
+        {"boxes": pred[1, :0], "labels": torch.zeros(0)},
+    ]
+    indices = [(torch.tensor([3, 1]), torch.tensor([1, 0])), (torch.tensor([], dtype=torch.long),) * 2]
+    xyxy = [box_convert(b, "cxcywh", "xyxy") for b in (pred[0, [3, 1]], targets[0]["boxes"][[1, 0]])]
+    expected = box_iou(*xyxy).diagonal().sum()
+    assert matched_iou_sum(pred, targets, indices).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert 0 < expected < 2
+    assert matched_iou_sum(pred, [targets[1], targets[1]], [indices[1], indices[1]]).item() == 0
 
 
 def test_one_to_many_runs_are_scored_with_and_without_nms(runs):

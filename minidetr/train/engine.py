@@ -117,6 +117,7 @@ def train_one_epoch(
     n_epoch = n_window = over_window = over_epoch = 0
     boxes_kept = boxes_removed = images_seen = 0
     positives: int | None = 0 if hasattr(criterion, "last_positives") else None
+    matched_iou = torch.zeros((), device=device)  # summed on the device: read once, at the end of the epoch
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}", disable=not (progress and is_main_process()), leave=False, dynamic_ncols=True
     )
@@ -142,6 +143,7 @@ def train_one_epoch(
         images_seen += len(targets)
         if positives is not None:  # the final layer's pairs, a host-side int the criterion kept
             positives += criterion.last_positives
+            matched_iou += criterion.last_matched_iou.to(device)
         boxes_removed += sum(int(t.get("boxes_removed", 0)) for t in targets)
         optimizer.zero_grad(set_to_none=True)
         # Under DDP every parameter must take part in backward (a batch without targets skips denoising).
@@ -180,7 +182,9 @@ def train_one_epoch(
             "matched: raise model.num_queries", epoch, over_epoch, num_queries, num_queries,
         )  # fmt: skip
     counts = {"images_over_queries": over_epoch, "boxes_kept": boxes_kept, "boxes_removed": boxes_removed}
-    counts.update(images=images_seen, **({} if positives is None else {"positives": positives}))
+    if positives is not None:
+        counts.update(positives=positives, matched_iou_sum=float(matched_iou))
+    counts["images"] = images_seen
     return step, {**{k: v / max(1, n_epoch) for k, v in epoch_sums.items()}, **counts}
 
 

@@ -12,7 +12,9 @@ Three kinds of record, told apart by ``"kind"``:
   ``share_removed``; ``targets_per_image`` (``boxes_kept`` / training images) and ``positives_per_image`` (pairs
   the final decoder layer's assignment made, per training image: one per matched target for the one-to-one
   Hungarian matcher, so equal to ``targets_per_image`` unless an image has more targets than queries; every pair,
-  up to k per target, for a one-to-many one; absent when the criterion does not count them); ``policy``, the
+  up to k per target, for a one-to-many one; absent when the criterion does not count them); ``matched_iou`` (the
+  mean IoU of those pairs, predicted box against its target, over the epoch's steps: how matchable the queries
+  are, rising as the model learns; absent with ``positives_per_image``); ``policy``, the
   epoch's augmentation switches (``minidetr.data.AugmentationPolicy``): ``{"mosaic": p, "mixup": p,
   "photometric": bool, "zoom_out": bool, "iou_crop": bool, "multiscale": bool}`` (zoom-out and IoU-crop apply to
   the samples without a mosaic). A mixed-up target holds both images' boxes, so with MixUp on, ``boxes_kept``

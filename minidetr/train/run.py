@@ -182,13 +182,14 @@ def fit(
 
 def _data_counts(means: dict[str, float]) -> dict[str, float]:
     """The epoch's ``"data"`` record: boxes the training images kept after augmentation and boxes it removed,
-    targets and (when the criterion counts them) final-layer positives per training image."""
+    targets and (when the criterion counts them) final-layer positives per training image and their mean IoU."""
     kept, removed, images = int(means["boxes_kept"]), int(means["boxes_removed"]), max(1, int(means["images"]))
     share = removed / max(1, kept + removed)
     record = {"boxes_kept": kept, "boxes_removed_by_augmentation": removed, "share_removed": share}
     record["targets_per_image"] = kept / images
     if "positives" in means:
         record["positives_per_image"] = means["positives"] / images
+        record["matched_iou"] = means["matched_iou_sum"] / max(1, int(means["positives"]))
     return record
 
 
