@@ -44,10 +44,10 @@ def run_arm(arm: str, seed: int, out: Path, epochs: int | None) -> dict:
     return {"arm": arm, "seed": seed, "AP": stats["AP"], "AP50": stats["AP50"], "wall_s": wall}
 
 
-def train_arm(overrides: list[str], dest: Path, keep_model: bool) -> tuple[dict, float]:
-    """``rtdetr_shapes`` with ``overrides``, trained in a temporary folder; keeps its config.json and metrics.jsonl
-    in ``dest`` and, with ``keep_model``, a small checkpoint (EMA weights in fp16, for the lessons) as model.pt."""
-    cfg = apply_overrides(get_preset("rtdetr_shapes"), overrides)
+def train_arm(overrides: list[str], dest: Path, keep_model: bool, preset: str = "rtdetr_shapes") -> tuple[dict, float]:
+    """``preset`` with ``overrides``, trained in a temporary folder; keeps its config.json and metrics.jsonl in
+    ``dest`` and, with ``keep_model``, a small checkpoint (EMA weights in fp16, for the lessons) as model.pt."""
+    cfg = apply_overrides(get_preset(preset), overrides)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         stats = fit(cfg, tmp, progress=False, verbose=False)

@@ -1,6 +1,7 @@
 """The synthetic shapes dataset: COCO layout, determinism, size ranges, occlusion, caching and the CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,37 @@ def test_cli(tmp_path, capsys):
 def test_rejects_tiny_image_size(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         shapes.generate(tmp_path, num_train=1, num_val=1, image_size=16)
+
+
+def test_a_copy_finished_by_another_process_meanwhile_is_kept_not_deleted(tmp_path, monkeypatch):
+    """Two processes generating the same dataset at once (parallel benchmark runs): the one that finishes second
+    must not delete the first one's folder, which that process may already be reading."""
+    from minidetr.data import shapes
+
+    first = shapes.ensure_shapes(tmp_path, num_train=2, num_val=1, image_size=64)  # "process A" finished it
+    theirs = next(Path(first.train_images).iterdir())
+    inode = theirs.stat().st_ino
+    real_generate = shapes.generate
+    marker = Path(first.train_ann).parent.parent / "DONE.json"
+    marker_text = marker.read_text()
+
+    def slow_generate(out, *args):  # "process B" started before A finished, and finishes after it
+        real_generate(out, *args)
+        assert marker.read_text() == marker_text
+
+    monkeypatch.setattr(shapes, "generate", slow_generate)
+    monkeypatch.setattr(shapes.json, "loads", _stale_once(shapes.json.loads))
+    second = shapes.ensure_shapes(tmp_path, num_train=2, num_val=1, image_size=64)
+    assert second.train_images == first.train_images and theirs.is_file()
+    assert theirs.stat().st_ino == inode and not list(tmp_path.glob("*.tmp*"))  # A's files, untouched
+
+
+def _stale_once(loads):
+    """json.loads whose first call reports a mismatched marker (B's first check ran before A wrote it)."""
+    calls = {"n": 0}
+
+    def wrapped(text, *a, **k):
+        calls["n"] += 1
+        return {} if calls["n"] == 1 else loads(text, *a, **k)
+
+    return wrapped

@@ -243,7 +243,12 @@ def ensure_shapes(
     shutil.rmtree(tmp, ignore_errors=True)
     generate(tmp, num_train, num_val, seed, image_size)
     (tmp / "DONE.json").write_text(json.dumps(params))
-    shutil.rmtree(final, ignore_errors=True)
+    if marker.exists() and json.loads(marker.read_text()) == params:
+        # another process (a parallel benchmark run, a DDP rank) finished the same dataset meanwhile and may be
+        # reading it: keep theirs (identical) rather than deleting it under them
+        shutil.rmtree(tmp, ignore_errors=True)
+        return ShapesPaths.under(final)
+    shutil.rmtree(final, ignore_errors=True)  # a stale or unfinished copy
     try:
         tmp.rename(final)
     except OSError:  # another process finished the same dataset first: theirs is identical, use it
