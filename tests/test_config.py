@@ -234,3 +234,15 @@ def test_configs_saved_before_the_package_layout_still_load_and_are_the_same_rec
             assert old.data.mosaic_prob == 0 and now.data.mosaic_prob == 0.5, name
             now.data = dataclasses.replace(now.data, **{k: getattr(old.data, k) for k in dense})
         assert old == now, name
+
+
+def test_config_diff_names_nested_fields_and_nothing_else():
+    from minidetr.train import apply_overrides, config_diff, get_preset
+
+    a = get_preset("deim_shapes")
+    b = apply_overrides(get_preset("deim_shapes"), ["loss_class=vfl", "data.mosaic_prob=0", "model.num_queries=20"])
+    assert config_diff(a, b) == {"loss_class": ("mal", "vfl"), "data.mosaic_prob": (0.5, 0.0),
+                                 "model.num_queries": (50, 20)}  # fmt: skip
+    assert config_diff(a, get_preset("deim_shapes")) == {}
+    with pytest.raises(TypeError, match="two configs"):
+        config_diff(a, a.data)

@@ -6,6 +6,7 @@ input, what was expected, what came back, a hint) when it is not.
 """
 
 from ._common import ExerciseNotImplemented, call_learner, call_learner_reporting, passed
+from .ablation import check_ablation_arms
 from .batched_cost import check_batched_cost
 from .criterion import check_set_criterion
 from .deformable import check_deformable_core
@@ -14,6 +15,7 @@ from .losses import check_mal_loss
 from .matching import check_brute_force, check_hungarian, check_match_batch, check_reduction
 from .models import check_sine_position_encoding
 from .mosaic import check_mosaic_boxes
+from .o2m import check_topk_assign
 from .quality import check_mal_term, check_vfl_term
 
 __all__ = [
@@ -35,4 +37,6 @@ __all__ = [
     "check_vfl_term",
     "check_mal_term",
     "check_mosaic_boxes",
+    "check_topk_assign",
+    "check_ablation_arms",
 ]

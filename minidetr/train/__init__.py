@@ -44,7 +44,7 @@ from .optim import (
     rtdetr_param_groups,
     scale_epoch_schedule,
 )
-from .overrides import apply_overrides
+from .overrides import apply_overrides, config_diff
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_descriptions
 from .run import CHECKPOINT_NAME, fit
 
@@ -64,6 +64,7 @@ __all__ = [
     "TrainConfig",
     "WarmupMultiStep",
     "apply_overrides",
+    "config_diff",
     "build_criterion",
     "build_datasets",
     "build_policy",

@@ -88,5 +88,22 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
     return cfg
 
 
+def config_diff(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (value in a, value in b)}`` for every field where two configs differ (nested sections as
+    ``data.mosaic_prob``): how an ablation arm is checked to differ from its baseline only where it says."""
+    if type(a) is not type(b) or not dataclasses.is_dataclass(a):
+        raise TypeError(
+            f"config_diff needs two configs of one dataclass type, got {type(a).__name__} and {type(b).__name__}"
+        )
+    out: dict[str, tuple[Any, Any]] = {}
+    for f in dataclasses.fields(a):
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(va) and type(va) is type(vb):
+            out.update({f"{f.name}.{k}": v for k, v in config_diff(va, vb).items()})
+        elif va != vb:
+            out[f.name] = (va, vb)
+    return out
+
+
 def _sections(obj: Any) -> str:
     return ", ".join(f.name for f in dataclasses.fields(obj) if dataclasses.is_dataclass(getattr(obj, f.name)))
