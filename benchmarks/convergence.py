@@ -37,13 +37,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from minidetr.train import apply_overrides, get_preset  # noqa: E402
+from minidetr.train import apply_overrides, get_preset, scale_epoch_schedule  # noqa: E402
 from minidetr.train.logs import read_metrics  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_default_preset import _cpu_name, _load  # noqa: E402  (benchmarks/ is a folder of scripts)
 from results import write_section  # noqa: E402
-from vfl_vs_mal import train_arm  # noqa: E402
+from vfl_vs_mal import train_config  # noqa: E402
 
 PRESET = "deim_shapes"
 NO_DENSE_O2O = ["data.mosaic_prob=0", "data.mixup_prob=0"]
@@ -62,23 +62,29 @@ def arm_overrides(arm: str, seed: int, study: list[str]) -> list[str]:
     return [*study, "eval_every=1", *ARMS[arm], f"seed={seed}"]
 
 
-def arm_config(arm: str, seed: int = 0, study: list[str] = STUDY):
-    return apply_overrides(get_preset(PRESET), arm_overrides(arm, seed, study)).validate()
+def arm_config(arm: str, seed: int = 0, study: list[str] = STUDY, epochs: int | None = None):
+    """The arm's config; ``epochs`` stretches the preset's whole epoch schedule (lr and Dense O2O policy) first,
+    as ``python -m minidetr.train --epochs`` does."""
+    cfg = get_preset(PRESET)
+    if epochs is not None:
+        scale_epoch_schedule(cfg, epochs)
+    return apply_overrides(cfg, arm_overrides(arm, seed, study)).validate()
 
 
-def run_one(arm: str, seed: int, study: list[str], out: Path) -> dict:
+def run_one(arm: str, seed: int, study: list[str], out: Path, epochs: int | None) -> dict:
     dest = out / arm / f"seed{seed}"
     load_before = _load()
-    stats, wall = train_arm(arm_overrides(arm, seed, study), dest, keep_model=False, preset=PRESET)
+    stats, wall = train_config(arm_config(arm, seed, study, epochs), dest, keep_model=False)
     info = {"arm": arm, "seed": seed, "AP": stats["AP"], "AP50": stats["AP50"], "wall_s": wall}
     info.update(threads=torch.get_num_threads(), load_before=load_before, load_after=_load(), cpu=_cpu_name())
+    info["out"] = out.name
     (dest / "run.json").write_text(json.dumps(info, indent=1))
     return info
 
 
-def run_all(seeds: list[int], study: list[str], out: Path, jobs: int) -> None:
-    """Every (arm, seed) without a run.json, ``jobs`` processes at a time, each with ``--threads`` torch threads."""
-    todo = [(a, s) for s in seeds for a in ARMS if not (out / a / f"seed{s}" / "run.json").is_file()]
+def run_all(seeds: list[int], study: list[str], out: Path, jobs: int, epochs: int | None, arms: list[str]) -> None:
+    """Every (arm, seed) without a run.json, ``jobs`` processes at a time, each with cores / jobs torch threads."""
+    todo = [(a, s) for s in seeds for a in arms if not (out / a / f"seed{s}" / "run.json").is_file()]
     running: list[tuple[str, int, subprocess.Popen]] = []
     threads = max(1, (os.cpu_count() or 2) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -86,6 +92,7 @@ def run_all(seeds: list[int], study: list[str], out: Path, jobs: int) -> None:
         while todo and len(running) < jobs:
             arm, seed = todo.pop(0)
             cmd = [sys.executable, __file__, "--one", arm, str(seed), "--out", str(out), "--set", *study]
+            cmd += ["--epochs", str(epochs)] if epochs else []
             running.append((arm, seed, subprocess.Popen(cmd, env=env)))
             print(f"started {arm} seed {seed} ({threads} thread(s))", flush=True)
         time.sleep(2)
@@ -110,7 +117,8 @@ def load_runs(out: Path) -> dict[str, dict[int, dict]]:
                 "ap": [r["AP"] for r in evals],
                 "ap50": [r["AP50"] for r in evals],
                 "data": read_metrics(path.parent, kind="data"),
-                "run": json.loads(path.read_text()),
+                "run": {"out": out.name, **json.loads(path.read_text())},
+                "dir": path.parent,
             }
     return runs
 
@@ -160,6 +168,11 @@ def plot(runs: dict[str, dict[int, dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def args_dir(runs: dict[str, dict[int, dict]]) -> Path:
+    """The folder of the baseline's first run (its config.json says the schedule)."""
+    return next(iter(runs["baseline"].values()))["dir"]
+
+
 def _reach(reach: list[int | None]) -> str:
     got = [r for r in reach if r is not None]
     if not got:
@@ -173,13 +186,23 @@ def to_markdown(runs: dict[str, dict[int, dict]], study: list[str]) -> str:
     s = summary(runs)
     info = next(iter(runs["baseline"].values()))["run"]
     seeds = sorted(runs["baseline"])
+    epochs = json.loads((args_dir(runs) / "config.json").read_text())["epochs"]
+    title = (
+        "## Convergence: baseline, +MAL, +Dense O2O, DEIM (lesson 11)"
+        if epochs == 12
+        else (f"## Convergence at {epochs} epochs (the schedule stretched): {', '.join(runs)}")
+    )
+    command = f"--seeds {' '.join(map(str, seeds))} --set {' '.join(study)}" + (
+        f" --epochs {epochs}" if epochs != 12 else ""
+    )
+    command += "" if list(runs) == list(ARMS) else f" --arms {' '.join(runs)}"
     lines = [
-        "## Convergence: baseline, +MAL, +Dense O2O, DEIM (lesson 11)",
+        title,
         "",
-        f"Written by `python benchmarks/convergence.py --seeds {' '.join(map(str, seeds))} --set {' '.join(study)}`"
-        f" (this table: `--report-only`). Preset `{PRESET}`, 12 epochs, evaluated after each; the arms differ only in "
-        "`" + "`, `".join(f"{a}: {' '.join(o) or '(preset)'}" for a, o in ARMS.items()) + "`. Runs and configs: "
-        "`benchmarks/convergence/ARM/seedN/`; plot: `benchmarks/convergence/ap_vs_epoch.png`.",
+        f"Written by `python benchmarks/convergence.py {command}` (this table: `--report-only`). Preset `{PRESET}`, "
+        f"{epochs} epochs, evaluated after each; the arms differ only in "
+        "`" + "`, `".join(f"{a}: {' '.join(ARMS[a]) or '(preset)'}" for a in runs) + "`. Runs and configs: "
+        f"`benchmarks/{info['out']}/ARM/seedN/`; plot: `benchmarks/{info['out']}/ap_vs_epoch.png`.",
         "",
         f"Machine: {info['cpu']}, 2 runs at a time with {info['threads']} torch thread each; torch {torch.__version__}."
         f" Load average before the first run: {info['load_before']}.",
@@ -209,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", dest="study", nargs="*", default=STUDY, metavar="KEY=VALUE", help="study-wide overrides")
+    p.add_argument("--epochs", type=int, help="stretch the whole schedule (lr and policy) to N epochs")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="train only these arms")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs torch threads)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
@@ -216,18 +241,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)  # a worker process
     args = p.parse_args(argv)
     if args.one:
-        run_one(args.one[0], int(args.one[1]), args.study, args.out)
+        run_one(args.one[0], int(args.one[1]), args.study, args.out, args.epochs)
         return
     for arm in ARMS:  # fail before training when an override is wrong
-        arm_config(arm, 0, args.study)
+        arm_config(arm, 0, args.study, args.epochs)
     if not args.report_only:
-        run_all(args.seeds, args.study, args.out, args.jobs)
+        run_all(args.seeds, args.study, args.out, args.jobs, args.epochs, args.arms)
     runs = load_runs(args.out)
     if "baseline" not in runs:
         raise SystemExit(f"no finished baseline run in {args.out}; run without --report-only first")
     plot(runs, args.out / "ap_vs_epoch.png")
-    if args.out == OUT:
-        print(write_section("convergence", to_markdown(runs, args.study), args.results))
+    if args.out.resolve().parent == OUT.parent.resolve():  # benchmarks/NAME: its own section of RESULTS.md
+        print(write_section(args.out.name, to_markdown(runs, args.study), args.results))
     else:
         print(to_markdown(runs, args.study))
 

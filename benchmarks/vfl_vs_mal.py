@@ -47,7 +47,11 @@ def run_arm(arm: str, seed: int, out: Path, epochs: int | None) -> dict:
 def train_arm(overrides: list[str], dest: Path, keep_model: bool, preset: str = "rtdetr_shapes") -> tuple[dict, float]:
     """``preset`` with ``overrides``, trained in a temporary folder; keeps its config.json and metrics.jsonl in
     ``dest`` and, with ``keep_model``, a small checkpoint (EMA weights in fp16, for the lessons) as model.pt."""
-    cfg = apply_overrides(get_preset(preset), overrides)
+    return train_config(apply_overrides(get_preset(preset), overrides), dest, keep_model)
+
+
+def train_config(cfg, dest: Path, keep_model: bool) -> tuple[dict, float]:
+    """``train_arm`` for a config already built."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         stats = fit(cfg, tmp, progress=False, verbose=False)

@@ -53,3 +53,9 @@ def test_a_wrong_study_override_fails_before_training(tmp_path):
     with pytest.raises(Exception, match="no_such_field"):
         convergence.main(["--out", str(tmp_path), "--set", "no_such_field=1"])
     assert not any(tmp_path.iterdir())
+
+
+def test_epochs_stretch_the_whole_schedule_in_every_arm_alike():
+    base, deim = convergence.arm_config("baseline", epochs=24), convergence.arm_config("deim", epochs=24)
+    assert deim.epochs == 24 and deim.data.policy_epochs == [2, 12, 22] and deim.flat_epoch == 12
+    assert set(config_diff(base, deim)) == {"loss_class", "data.mosaic_prob", "data.mixup_prob"}
