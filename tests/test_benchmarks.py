@@ -71,3 +71,16 @@ def test_o2m_vs_o2o_differs_from_the_committed_mal_arm_only_in_the_assignment(tm
     assert cfg.assignment == "topk" and (tmp_path / "topk" / "seed0" / "metrics.jsonl").is_file()
     scores = o2m_vs_o2o.evaluate_saved(model_path)
     assert set(scores) == {"AP", "AP50", "AP_no_nms", "AP50_no_nms"}
+
+
+def test_epoch_time_dense_o2o_times_both_arms_and_the_mosaic_arm_holds_more_targets(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import epoch_time_dense_o2o as bench
+
+    bench.main(["--images", "16", "--rounds", "1", "--no-write"])
+    out = capsys.readouterr().out
+    assert "Ratio dense_o2o / before" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| before") or
+            line.startswith("| dense_o2o")}  # fmt: skip
+    targets = {arm: float(row.rstrip(" |").rsplit("|", 1)[1]) for arm, row in rows.items()}
+    assert targets["dense_o2o"] > 1.5 * targets["before"]  # the epoch really ran in the mosaic + mixup phase
