@@ -7,6 +7,8 @@
 - :mod:`.runs`: run folders into records (:func:`load_runs`, :func:`find_runs`), :func:`metric_keys`, and where a
   record sits on the step or epoch axis (:func:`x_values`: an evaluation at the number of epochs done);
 - :mod:`.explorer`: :func:`loss_curve_explorer`, runs and metrics to pick over one or more runs;
+- :mod:`.live`: :func:`live_curves`, the curves of a run redrawn while it trains, the kernel left free
+  (:mod:`.follow`: :class:`MetricsFollower` reads the lines a run appends).
 
 Widgets need a live notebook front-end; under nbval / nbconvert every one of them draws a static figure instead,
 so the committed notebooks show a figure and run headless. ``MINIDETR_WIDGETS=1`` / ``=0`` forces either mode.
@@ -14,6 +16,8 @@ so the committed notebooks show a figure and run headless. ``MINIDETR_WIDGETS=1`
 
 from .curves import draw_curves, ema, plot_loss_curves, plot_loss_vs_p
 from .explorer import loss_curve_explorer
+from .follow import MetricsFollower
+from .live import LiveCurves, live_curves
 from .runs import find_runs, load_runs, metric_keys, x_values
 from .widgets import interactive, live_frontend
 
@@ -29,4 +33,7 @@ __all__ = [
     "find_runs",
     "load_runs",
     "x_values",
+    "live_curves",
+    "LiveCurves",
+    "MetricsFollower",
 ]
