@@ -5,7 +5,9 @@ front-end renders the widgets. Here JupyterLab starts on a copy of each lesson w
 JupyterLab (``JPY_SESSION_NAME`` set, so ``viz.live_frontend()`` is true, as for a learner), runs the cells up to
 the last widget, then moves every slider, dropdown and checkbox of every widget and checks that the plot image in
 that widget's cell changed and that no widget shows an error. Issue #14: before ``viz.interactive`` drew into its
-Output itself, the plot never changed.
+Output itself, the plot never changed. A small notebook written here (``LIVE``) starts a short training run in
+the background and follows it with ``viz.live_curves``: its plot must change while the run trains, with the kernel
+idle, the progress line showing the epoch and step, then "finished".
 
 Needs ``chromium`` and ``chromedriver`` (Debian: ``apt-get install chromium chromium-driver``; ``.ci/run`` installs
 them) and ``selenium`` (the test extra). Without them it is skipped, saying why, except under CI (``CI`` set),
@@ -14,6 +16,7 @@ where it fails instead. About 1-2 minutes.
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -32,6 +35,10 @@ LESSONS = ["06_classification_losses.ipynb", "07_matchability_aware_loss.ipynb"]
 WIDGET_CALLS = ("viz.interactive(", "loss_curve_explorer(")
 CONTROLS = ".widget-slider, .widget-dropdown, .widget-checkbox"
 STARTUP_S, RUN_S, CHANGE_S = 90, 240, 30
+LIVE, LIVE_EPOCHS = "live_curves.ipynb", 6
+# the tiny DEIM of tests/test_train_rtdetr.py, 64 images, 6 epochs of 8 steps: about 10 s on one core
+LIVE_TRAIN = ["epochs=6", "batch_size=8", "data.image_size=64", "data.shapes_num_train=64", "data.shapes_num_val=8"]
+LIVE_TRAIN += ["data.shapes_image_size=64", "log_every=1", "num_top_queries=20", "flat_epoch=0", "no_aug_epoch=0"]
 
 
 def _missing(what: str) -> None:
@@ -60,6 +67,26 @@ def _settings(root: Path) -> Path:
     return root
 
 
+def _write_live_notebook(path: Path) -> None:
+    """A training run started in the background, followed by ``viz.live_curves``, and a cell after it."""
+    sources = [
+        "import os, subprocess, sys, tempfile\nfrom pathlib import Path\nfrom minidetr import viz\n"
+        "run_dir = Path(tempfile.mkdtemp(prefix='live_run_', dir='.'))  # beside the notebook\n"
+        "cmd = [sys.executable, '-m', 'minidetr.train', '--preset', 'deim_shapes', '--output', str(run_dir),\n"
+        f"       '--no-progress', '--device', 'cpu', '--set', *{LIVE_TRAIN!r}]\n"
+        "log, env = open(run_dir / 'train.log', 'w'), {**os.environ, 'OMP_NUM_THREADS': '1'}\n"
+        "proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)",
+        "live = viz.live_curves(run_dir, keys=('loss', 'lr'), interval=0.5, process=proc)",
+        "print('the kernel is free while the run trains:', live.state)",
+    ]
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": []}
+    cells = [{**cell, "source": src} for src in sources]
+    kernel = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    path.write_text(
+        json.dumps({"cells": cells, "metadata": {"kernelspec": kernel}, "nbformat": 4, "nbformat_minor": 4})
+    )
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on a copy of the lessons; yields (base url, token)."""
@@ -68,6 +95,7 @@ def lab(tmp_path_factory):
     work.mkdir()
     for name in LESSONS:
         shutil.copy(ROOT / "notebooks" / name, work / name)
+    _write_live_notebook(work / LIVE)
     port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("MINIDETR_WIDGETS", "JPY_SESSION_NAME")}
     env.update(
@@ -160,6 +188,7 @@ const errors = cells.flatMap(c => c.model.outputs.toJSON().filter(o => o.output_
 return {errors: errors.map(e => e.ename + ': ' + e.evalue + '\\n' + e.traceback.join('\\n'))};""")
 SHUTDOWN = _js("if (nb) nb.sessionContext.shutdown();")
 CELL_NODE = _js("return nb.content.widgets[arguments[0]].node;")
+STATUS = "const s = arguments[0].querySelector('.minidetr-live-status'); return s ? s.textContent : '';"
 IMAGES = "return Array.from(arguments[0].querySelectorAll('.jp-OutputArea-output img')).map(i => i.src);"
 ERRORS = """const cell = arguments[0];
 const found = Array.from(cell.querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"]'))
@@ -236,3 +265,38 @@ def _move_every_control(browser, lesson: str, i: int) -> None:
         assert not errors, f"{lesson}, cell {i}: {move} shows an error:\n" + "\n".join(errors)
         print(f"{lesson}, cell {i}: {move}: the plot changed")
         before = after
+
+
+def test_live_curves_redraw_while_a_run_trains(browser, lab):
+    """viz.live_curves in JupyterLab: the cell returns, the kernel goes idle, and the plot keeps changing (a thread
+    updates an ipywidgets.Image) with the epoch and step on the progress line until the run has finished."""
+    url, token = lab
+    browser.get(f"{url}/lab/tree/{LIVE}?reset&token={token}")
+    _wait("JupyterLab's page", STARTUP_S, lambda: browser.execute_script("return !!window.jupyterapp;"))
+    browser.execute_script("window.lesson = arguments[0];", LIVE)
+    _wait(f"{LIVE} open with an idle kernel", STARTUP_S, lambda: browser.execute_script(KERNEL_IDLE))
+    try:
+        browser.execute_script(RUN_THROUGH, 2)  # every cell
+        done = _wait("the cells to run", RUN_S, lambda: browser.execute_script(CELLS_DONE, 2))
+        assert not done["errors"], f"{LIVE} raised:\n" + "\n".join(done["errors"])
+        _wait("the kernel to go idle", RUN_S, lambda: browser.execute_script(KERNEL_IDLE))
+        cell = browser.execute_script(CELL_NODE, 1)
+        browser.execute_script("arguments[0].scrollIntoView();", cell)
+        seen = []  # (progress line, image) pairs, each time either changed
+        deadline = time.monotonic() + RUN_S
+        while not re.match(r"(finished|failed|error|timed out)", status := browser.execute_script(STATUS, cell)):
+            shot = (status, tuple(browser.execute_script(IMAGES, cell)))
+            if not seen or shot != seen[-1]:
+                seen.append(shot)
+            if time.monotonic() > deadline:
+                pytest.fail(f"the run did not finish in {RUN_S} s; the cell shows:\n{cell.text[-2000:]}")
+            time.sleep(0.2)
+        assert status.startswith(f"finished, epoch {LIVE_EPOCHS}/{LIVE_EPOCHS}, step "), cell.text[-2000:]
+        running = [s for s in seen if re.match(rf"running, epoch \d/{LIVE_EPOCHS}, step \d+, loss ", s[0])]
+        images = {img for _, img in running if img}
+        assert len(images) >= 3, f"the plot changed {len(images) - 1} times while the run trained: {running}"
+        errors = browser.execute_script(ERRORS, cell)
+        assert not errors, f"{LIVE} shows an error:\n" + "\n".join(errors)
+        print(f"{LIVE}: {len(images)} plots while the run trained, then {status!r}")
+    finally:
+        browser.execute_script(SHUTDOWN)

@@ -206,7 +206,13 @@ def test_plot_loss_curves_records_epochs_and_errors(tmp_path):
 
 def test_metric_keys_losses_first(tmp_path):
     data = {"r": [{"kind": "train", "step": 1, "lr": 1e-4, "loss_giou": 1.0, "loss": 2.0, "AP": 0.3, "loss_ce": 1.0}]}
-    assert viz.metric_keys(data) == ["loss", "loss_ce", "loss_giou", "AP"]
+    assert viz.metric_keys(data) == ["loss", "loss_ce", "loss_giou", "lr", "AP"]  # lr is a curve too
+    data["s"] = [{"kind": "eval", "AP_S": 0.1, "AP50": 0.2, "AP": 0.3, "AR1": 0.1, "time_s": 9.0}]
+    data["t"] = [{"kind": "data", "positives_per_image": 3.0, "targets_per_image": 2.0, "loss_ce_0": 1.0}]
+    assert viz.metric_keys(data) == [
+        *("loss", "loss_ce", "loss_giou", "loss_ce_0", "lr"),  # the final layer's terms before the aux ones
+        *("AP", "AP50", "AP_S", "AR1", "targets_per_image", "positives_per_image"),  # COCO's order, then data
+    ]
 
 
 def test_loss_curve_explorer_static(tmp_path):
@@ -220,29 +226,106 @@ def test_loss_curve_explorer_static(tmp_path):
 def test_loss_curve_explorer_live_widgets(tmp_path, monkeypatch):
     import ipywidgets
 
-    drawn = []
+    from minidetr.viz import curves
 
-    def spy(*args, **kw):
-        fig = plot_loss_curves(*args, **kw)
-        ax = fig.axes[0]
-        drawn.append((ax.get_title(), ax.get_xlabel(), ax.get_yscale(), list(ax.lines[-1].get_xdata())))
+    drawn, draw_curves = [], curves.draw_curves
+
+    def spy(fig, data, keys, **kw):  # what each redraw drew, from the figure itself
+        draw_curves(fig, data, keys, **kw)
+        panels = {ax.get_title(): ax for ax in fig.axes}
+        lines = {t: [(ln.get_label(), list(ln.get_xdata())) for ln in ax.lines] for t, ax in panels.items()}
+        legends = {t: [x.get_text() for x in ax.get_legend().get_texts()] for t, ax in panels.items() if ax.legend_}
+        axes = fig.axes[:1]
+        drawn.append(
+            dict(lines=lines, legends=legends, x=[a.get_xlabel() for a in axes], scale=[a.get_yscale() for a in axes])
+        )
         return fig
 
-    plot_loss_curves = viz.plot_loss_curves
-    monkeypatch.setattr(viz, "plot_loss_curves", spy)
-    seen, out = _live_widget(monkeypatch, lambda: viz.loss_curve_explorer({"only": _write_run(tmp_path / "r")}))
-    assert list(seen["key"].options) == ["loss", "loss_bbox", "loss_ce", "AP"]  # the eval records' AP too
+    monkeypatch.setattr(curves, "draw_curves", spy)
+    runs = {"a": _write_run(tmp_path / "a"), "b": _write_run(tmp_path / "b", offset=1.0)}
+    seen, out = _live_widget(monkeypatch, lambda: viz.loss_curve_explorer(runs))
+    assert isinstance(seen["runs"], ipywidgets.SelectMultiple) and list(seen["runs"].options) == ["a", "b"]
+    assert isinstance(seen["metrics"], ipywidgets.SelectMultiple)
+    assert list(seen["metrics"].options) == ["loss", "loss_bbox", "loss_ce", "AP"]  # the eval records' AP too
+    assert seen["metrics"].value == ("loss",) and seen["runs"].value == ("a", "b")
     assert list(seen["x"].options) == ["step", "epoch"]
     assert isinstance(seen["smooth"], ipywidgets.FloatSlider) and isinstance(seen["log_y"], ipywidgets.Checkbox)
+    assert drawn[-1]["legends"] == {"loss": ["a", "b"]}  # both runs overlaid, a colour each
     pngs = [_pngs(out)]
-    seen["key"].value = "loss_ce"  # what moving the controls does
+    seen["metrics"].value = ("loss_ce", "AP")  # two panels
+    assert list(drawn[-1]["lines"]) == ["loss_ce", "AP"] and drawn[-1]["legends"]["AP"] == ["a", "b"]
+    seen["runs"].value = ("b",)  # one run left: one line a panel, labelled b
+    assert [[label for label, _ in lines] for lines in drawn[-1]["lines"].values()] == [["b"], ["b"]]
     seen["log_y"].value = True
-    assert drawn[-1][0] == "loss_ce" and drawn[-1][2] == "log"
-    seen["key"].value, seen["x"].value, seen["log_y"].value = "AP", "epoch", False
-    assert drawn[-1] == ("AP", "epoch", "linear", [0, 1, 2, 3])
+    assert drawn[-1]["scale"] == ["log"]
+    seen["x"].value, seen["log_y"].value = "epoch", False
+    ap = drawn[-1]["lines"]["AP"]
+    assert drawn[-1]["x"] == ["epoch"] and ap == [("b", [1, 2, 3, 4])]  # evaluations at epochs done (epoch + 1)
     seen["smooth"].value = 0.5
+    assert len(drawn[-1]["lines"]["AP"]) == 2  # raw (faint, unlabelled) + smoothed
+    seen["runs"].value, seen["metrics"].value = (), ()  # nothing picked: a figure that says so, no error
+    assert drawn[-1]["lines"] == {}
     pngs.append(_pngs(out))
-    assert len(drawn) == 7 and len(pngs[-1]) == 1 and pngs[-1] != pngs[0]
+    assert len(drawn) == 9 and len(pngs[-1]) == 1 and pngs[-1] != pngs[0]
+    assert [o["output_type"] for o in out.outputs] == ["display_data"]
+
+
+def test_loss_curve_explorer_colours_follow_the_run(tmp_path, monkeypatch):
+    runs = [_write_run(tmp_path / "a"), _write_run(tmp_path / "b"), _write_run(tmp_path / "c")]
+    viz.loss_curve_explorer(runs, runs=["c", "a"], keys=["loss", "AP"], x="epoch")
+    loss, ap = plt.gcf().axes
+    assert [ln.get_label() for ln in loss.lines] == ["a", "c"]  # in the runs' order
+    assert [ln.get_color() for ln in loss.lines] == ["C0", "C2"]  # c keeps its colour with b left out
+    assert (loss.get_xlabel(), loss.get_ylabel(), ap.get_ylabel()) == ("epoch", "loss", "AP")
+    assert [t.get_text() for t in ap.get_legend().get_texts()] == ["a", "c"]
+    with pytest.raises(ValueError, match=r"runs \['d'\]"):
+        viz.loss_curve_explorer(runs, runs=["d"])
+    with pytest.raises(ValueError, match="available"):
+        viz.loss_curve_explorer(runs, keys=["loss", "AP75"])
+
+
+def test_a_folder_of_run_folders_names_its_runs(tmp_path):
+    for arm in ("vfl", "mal"):
+        for seed in (0, 1):
+            _write_run(tmp_path / "bench" / arm / f"seed{seed}", offset=seed)
+    names = ["mal/seed0", "mal/seed1", "vfl/seed0", "vfl/seed1"]
+    assert list(viz.load_runs(tmp_path / "bench")) == names
+    assert list(viz.load_runs({"B": tmp_path / "bench"})) == [f"B/{n}" for n in names]
+    both = viz.load_runs([tmp_path / "bench" / "vfl", tmp_path / "bench" / "mal" / "seed0"])
+    assert list(both) == ["vfl/seed0", "vfl/seed1", "seed0"]
+    same = viz.load_runs([tmp_path / "bench" / "vfl" / "seed0", tmp_path / "bench" / "mal" / "seed0"])
+    assert list(same) == ["seed0", "seed0 (2)"]
+    viz.loss_curve_explorer(tmp_path / "bench", key="AP", x="epoch")
+    assert [t.get_text() for t in plt.gcf().axes[0].get_legend().get_texts()] == names
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        viz.load_runs(tmp_path / "empty")
+
+
+def test_epoch_axis_puts_evaluations_at_the_epochs_done():
+    """Records store the 0-based epoch they were written in; against epochs an evaluation sits at epoch + 1 and a
+    train record at the share of epochs done by its step, so the last train record of an epoch meets its eval."""
+    recs = [{"kind": "train", "step": s, "epoch": (s - 1) // 4, "loss": 1.0} for s in (2, 4, 6, 8, 10)]
+    recs.insert(2, {"kind": "data", "step": 4, "epoch": 0, "targets_per_image": 2.0})
+    recs.insert(3, {"kind": "eval", "step": 4, "epoch": 0, "AP": 0.1})
+    recs.insert(6, {"kind": "eval", "step": 8, "epoch": 1, "AP": 0.2})
+    xs = viz.x_values(recs, "epoch")
+    assert xs == [0.5, 1.0, 1, 1, 1.5, 2.0, 2, 2.5]  # epoch 2 still running: as long as epoch 1
+    assert viz.x_values(recs, "step") == [r["step"] for r in recs]
+    assert viz.x_values([{"kind": "train", "step": 3, "epoch": 0}], "epoch") == [0]  # no end known yet
+    assert viz.x_values([{"epoch": 2, "loss": 1.0}, {"loss": 1.0}], "epoch") == [2, None]  # no kind: as stored
+    with pytest.raises(ValueError, match="'step' or 'epoch'"):
+        viz.x_values(recs, "time")
+
+
+def test_figures_have_labels_titles_and_resolution(tmp_path):
+    fig = viz.plot_loss_curves(_write_run(tmp_path / "r"), keys=["loss", "AP"], kind=None, title="run r")
+    assert fig.dpi >= 100 and fig.get_suptitle() == "run r"
+    for ax, key in zip(fig.axes, ["loss", "AP"], strict=True):
+        assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("step", key, key)
+        assert ax.get_legend() is not None
+    fig = viz.plot_loss_curves(_write_run(tmp_path / "s"), keys=["loss", "loss_ce", "loss_bbox", "AP"], kind=None)
+    assert len(fig.axes) == 4 and fig.get_size_inches()[1] > 5  # two rows of at most three panels
 
 
 def test_loss_curve_explorer_starts_where_asked(tmp_path):

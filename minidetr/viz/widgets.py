@@ -1,4 +1,4 @@
-"""Plots shared by the lessons: interactive sliders with a static fallback, loss curves against p, training curves.
+"""Sliders, dropdowns and checkboxes over a plotting function, with a static fallback when nobody can move them.
 
 Sliders need a live notebook front-end (JupyterLab, Notebook 7, VS Code, Colab). Under nbval / nbconvert there is
 a kernel but nobody to move a slider, and a widget's output would not be saved in the notebook, so
@@ -16,27 +16,11 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import torch
-from matplotlib.figure import Figure
 
-from .train.logs import read_metrics
-
-__all__ = [
-    "live_frontend",
-    "interactive",
-    "plot_loss_vs_p",
-    "ema",
-    "metric_keys",
-    "plot_loss_curves",
-    "loss_curve_explorer",
-]
-
-_X_KEYS = ("step", "epoch")
-_NOT_METRICS = {"kind", "step", "epoch", "lr", "time_s", "images_over_queries"}  # bookkeeping, not curves
+__all__ = ["live_frontend", "interactive", "is_number"]
 
 
 def live_frontend() -> bool:
@@ -56,7 +40,7 @@ def live_frontend() -> bool:
     )
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -64,14 +48,14 @@ def _default(name: str, spec: Any, fn_defaults: Mapping[str, Any]) -> Any:
     """The value a control starts at (and the one the static figure uses)."""
     if hasattr(spec, "value"):  # an ipywidgets widget or ipywidgets.fixed
         return spec.value
-    if isinstance(spec, bool) or _is_number(spec) or isinstance(spec, str):
+    if isinstance(spec, bool) or is_number(spec) or isinstance(spec, str):
         return spec
-    if isinstance(spec, (tuple, list)) and spec and all(_is_number(v) for v in spec):
+    if isinstance(spec, (tuple, list)) and spec and all(is_number(v) for v in spec):
         if len(spec) == 4:  # (min, max, step, value)
             return spec[3]
         lo, hi = spec[0], spec[1]
         d = fn_defaults.get(name)
-        if _is_number(d) and lo <= d <= hi:
+        if is_number(d) and lo <= d <= hi:
             return d
         mid = (lo + hi) / 2
         return int(mid) if all(isinstance(v, int) for v in spec) else mid
@@ -91,9 +75,9 @@ def _widget(name: str, spec: Any, value: Any) -> Any:
         return spec
     if isinstance(spec, bool):
         return w.Checkbox(value=value, description=name)
-    if _is_number(spec) or isinstance(spec, str):
+    if is_number(spec) or isinstance(spec, str):
         return w.fixed(spec)
-    if all(_is_number(v) for v in spec):
+    if all(is_number(v) for v in spec):
         lo, hi = spec[0], spec[1]
         if all(isinstance(v, int) for v in spec):
             return w.IntSlider(min=lo, max=hi, step=spec[2] if len(spec) > 2 else 1, value=value, description=name)
@@ -176,135 +160,3 @@ def interactive(
     for option in options:
         plot_fn(**(values if name is None else {**values, name: option}))
     return None
-
-
-def plot_loss_vs_p(
-    curves: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
-    title: str = "",
-    num: int = 400,
-    styles: Mapping[str, Mapping[str, Any]] | None = None,
-) -> Figure:
-    """Loss and its gradient w.r.t. the logit against ``p = sigmoid(logit)``, one line per named curve.
-
-    Each callable maps a float64 logits tensor ``[N]`` to the element-wise loss ``[N]``. The gradient is taken
-    w.r.t. the logit because that is what back-propagates into the network (``dL/dx = dL/dp * p (1 - p)``).
-    ``styles``: matplotlib line keywords per curve name, e.g. ``{"VFL": {"ls": "--"}}`` so that two curves that
-    coincide stay visible.
-    """
-    p = torch.linspace(1e-3, 1 - 1e-3, num, dtype=torch.float64)
-    fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, fn in curves.items():
-        x = torch.logit(p).requires_grad_(True)
-        loss = fn(x)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        style = dict((styles or {}).get(name, {}))
-        ax_l.plot(p, loss.detach(), label=name, **style)
-        ax_g.plot(p, grad, label=name, **style)
-    ax_l.set(xlabel="p = sigmoid(logit)", ylabel="loss", ylim=(0, None), title=title or "loss")
-    ax_g.axhline(0, color="gray", lw=0.5)
-    ax_g.set(xlabel="p = sigmoid(logit)", ylabel="dL / dlogit", title="gradient (what training sees)")
-    ax_l.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def ema(values: Sequence[float], smooth: float) -> list[float]:
-    """Exponential moving average with TensorBoard's debiasing; ``smooth=0`` returns the values unchanged."""
-    if not 0 <= smooth < 1:
-        raise ValueError(f"smooth must be in [0, 1), got {smooth}")
-    out, avg, weight = [], 0.0, 0.0
-    for v in values:
-        avg = smooth * avg + (1 - smooth) * v
-        weight = smooth * weight + (1 - smooth)  # debias: early points are not pulled towards 0
-        out.append(avg / weight)
-    return out
-
-
-def _load_runs(runs: Any, kind: str | None) -> dict[str, list[dict[str, Any]]]:
-    if isinstance(runs, (str, Path)):
-        runs = {Path(runs).name: runs}
-    elif isinstance(runs, Sequence) and runs and isinstance(runs[0], (str, Path)):
-        runs = {Path(r).name: r for r in runs}
-    elif not isinstance(runs, Mapping):
-        runs = {"run": runs}
-    loaded = {}
-    for name, src in runs.items():
-        records = read_metrics(src) if isinstance(src, (str, Path)) else list(src)
-        loaded[name] = [r for r in records if kind is None or r.get("kind", kind) == kind]
-    return loaded
-
-
-def metric_keys(records_by_run: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
-    """Numeric keys present in the records, loss terms first (``loss``, ``loss_ce``, ...), then the rest."""
-    keys = {k for recs in records_by_run.values() for r in recs for k, v in r.items() if _is_number(v)}
-    keys -= _NOT_METRICS
-    return sorted(keys, key=lambda k: (not k.startswith("loss"), k != "loss", k))
-
-
-def plot_loss_curves(
-    runs: Any,
-    keys: Sequence[str] = ("loss",),
-    smooth: float = 0.0,
-    x: str | None = None,
-    log_y: bool = False,
-    kind: str | None = "train",
-) -> Figure:
-    """One panel per key, one line per run, from ``metrics.jsonl`` files or lists of records.
-
-    ``runs``: ``{name: run folder | metrics.jsonl path | list of dict records}`` (a single path or a list of
-    paths works too; names then come from the folders). ``x``: ``"step"`` or ``"epoch"`` (default: step when the
-    records have it). ``smooth``: EMA factor in [0, 1); the raw curve stays visible, faint. ``kind``: keep only
-    records of that kind (records without ``"kind"`` are kept); None keeps all.
-    """
-    data = _load_runs(runs, kind)
-    available = metric_keys(data)
-    missing = [k for k in keys if k not in available]
-    if missing:
-        raise ValueError(f"no {missing} in these runs; available keys: {available}")
-    if x is None:
-        x = "step" if any("step" in r for recs in data.values() for r in recs) else "epoch"
-    if x not in _X_KEYS:
-        raise ValueError(f"x must be 'step' or 'epoch', got {x!r}")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        for i, (name, recs) in enumerate(data.items()):
-            pairs = [(r[x], r[key]) for r in recs if _is_number(r.get(key)) and _is_number(r.get(x))]
-            if not pairs:
-                continue
-            xs, ys = zip(*pairs, strict=True)
-            color = f"C{i % 10}"
-            if smooth > 0:
-                ax.plot(xs, ys, color=color, alpha=0.25, lw=1)
-                ys = ema(ys, smooth)
-            ax.plot(xs, ys, color=color, label=name)
-        if log_y:
-            ax.set_yscale("log", nonpositive="mask")
-        ax.set(xlabel=x, title=key)
-        ax.grid(alpha=0.3)
-        if len(data) > 1:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def loss_curve_explorer(
-    run_dirs: Any, kind: str | None = None, static: bool | None = None, key: str | None = None, x: str = "step"
-) -> None:
-    """Interactive :func:`plot_loss_curves`: dropdowns for the metric and the x axis, a smoothing slider, log-y.
-
-    ``run_dirs``: a run folder, a list of them, or ``{name: folder | metrics.jsonl | records}``; the files are read
-    once. Every numeric metric of the records can be picked: the train records' loss terms and lr, and (with the
-    default ``kind=None``) the eval records' COCO stats (``AP``, ``AP50``, ``AP_S``, ...). ``key`` and ``x`` are where
-    the controls start, and what is drawn headless (default: ``loss``, or the first key).
-    """
-    data = _load_runs(run_dirs, kind)
-    keys = metric_keys(data)
-    if not keys:
-        raise ValueError(f"no numeric metrics in {list(data)}; is metrics.jsonl empty?")
-    if key is not None and key not in keys:
-        raise ValueError(f"key={key!r} is not in these runs; available: {keys}")
-
-    def show(key: str = key or keys[0], x: str = x, smooth: float = 0.0, log_y: bool = False) -> None:
-        plot_loss_curves(data, keys=[key], smooth=smooth, x=x, log_y=log_y, kind=None)
-
-    interactive(show, static=static, key=keys, x=list(_X_KEYS), smooth=(0.0, 0.99, 0.01, 0.0), log_y=False)
