@@ -31,7 +31,7 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-LESSONS = ["06_classification_losses.ipynb", "07_matchability_aware_loss.ipynb"]
+LESSONS = ["06_classification_losses.ipynb", "07_matchability_aware_loss.ipynb", "11_deim_end_to_end.ipynb"]
 WIDGET_CALLS = ("viz.interactive(", "loss_curve_explorer(")
 CONTROLS = ".widget-slider, .widget-dropdown, .widget-checkbox"
 STARTUP_S, RUN_S, CHANGE_S = 90, 240, 30
