@@ -84,3 +84,16 @@ def test_epoch_time_dense_o2o_times_both_arms_and_the_mosaic_arm_holds_more_targ
             line.startswith("| dense_o2o")}  # fmt: skip
     targets = {arm: float(row.rstrip(" |").rsplit("|", 1)[1]) for arm, row in rows.items()}
     assert targets["dense_o2o"] > 1.5 * targets["before"]  # the epoch really ran in the mosaic + mixup phase
+
+
+def test_train_throughput_breaks_a_step_into_its_phases(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_throughput as bench
+
+    bench.main(["--steps", "2", "--warmup", "1", "--no-write", "--set", "data.image_size=64", "batch_size=4"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert set(bench.PHASES) <= set(rows) and "**step**" in rows
+    ms = {p: float(rows[p].split("|")[2]) for p in bench.PHASES}
+    assert ms["forward"] > 0 and ms["backward"] > 0 and ms["matching"] > 0
+    assert "mosaic': 0.5" in out  # the loader ran in the Dense O2O phase
