@@ -241,7 +241,7 @@ def to_markdown(runs: dict[str, dict[int, dict]], study: list[str]) -> str:
             f"| {arm} | {m:.3f} ({lo:.3f}-{hi:.3f}) | {a['ap50']:.3f} | {_reach(a['reach'])} | {a['targets']:.1f} | "
             f"{a['matched_iou']:.3f} | {a['wall']:.0f} s |"
         )
-    lines += ["", reading(s, len(seeds))]
+    lines += ["", reading(s, len(seeds)), "", f"![AP after each epoch per arm]({info['out']}/ap_vs_epoch.png)"]
     lines += ["", "AP after each epoch (mean over seeds):", "", "| epoch | " + " | ".join(runs) + " |"]
     lines.append("|---|" + "---|" * len(runs))
     n = len(next(iter(runs["baseline"].values()))["ap"])
