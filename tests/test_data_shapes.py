@@ -141,18 +141,18 @@ def test_a_copy_finished_by_another_process_meanwhile_is_kept_not_deleted(tmp_pa
         assert marker.read_text() == marker_text
 
     monkeypatch.setattr(shapes, "generate", slow_generate)
-    monkeypatch.setattr(shapes.json, "loads", _stale_once(shapes.json.loads))
+    monkeypatch.setattr(shapes, "_finished", _stale_once(shapes._finished))
     second = shapes.ensure_shapes(tmp_path, num_train=2, num_val=1, image_size=64)
     assert second.train_images == first.train_images and theirs.is_file()
     assert theirs.stat().st_ino == inode and not list(tmp_path.glob("*.tmp*"))  # A's files, untouched
 
 
-def _stale_once(loads):
-    """json.loads whose first call reports a mismatched marker (B's first check ran before A wrote it)."""
+def _stale_once(finished):
+    """The marker check, whose first call says "not finished" (B's first check ran before A wrote it)."""
     calls = {"n": 0}
 
-    def wrapped(text, *a, **k):
+    def wrapped(marker, params):
         calls["n"] += 1
-        return {} if calls["n"] == 1 else loads(text, *a, **k)
+        return False if calls["n"] == 1 else finished(marker, params)
 
     return wrapped

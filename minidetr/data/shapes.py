@@ -218,6 +218,11 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("MINIDETR_CACHE", Path.home() / ".cache" / "minidetr"))
 
 
+def _finished(marker: Path, params: dict) -> bool:
+    """Whether ``marker`` (a dataset folder's DONE.json) says the folder holds the dataset for ``params``."""
+    return marker.exists() and json.loads(marker.read_text()) == params
+
+
 def ensure_shapes(
     root: str | os.PathLike | None = None,
     *,
@@ -237,13 +242,13 @@ def ensure_shapes(
     name = f"shapes_v{FORMAT_VERSION}_s{image_size}_n{num_train}-{num_val}_seed{seed}"
     final = Path(root if root is not None else default_cache_root()) / name
     marker = final / "DONE.json"
-    if marker.exists() and json.loads(marker.read_text()) == params:
+    if _finished(marker, params):
         return ShapesPaths.under(final)
     tmp = final.with_name(f"{name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     generate(tmp, num_train, num_val, seed, image_size)
     (tmp / "DONE.json").write_text(json.dumps(params))
-    if marker.exists() and json.loads(marker.read_text()) == params:
+    if _finished(marker, params):
         # another process (a parallel benchmark run, a DDP rank) finished the same dataset meanwhile and may be
         # reading it: keep theirs (identical) rather than deleting it under them
         shutil.rmtree(tmp, ignore_errors=True)
