@@ -39,7 +39,7 @@ def _resolve(cfg: TrainConfig, arm: str, overrides: Any, where: str) -> TrainCon
         raise AssertionError(f"{where}: arm {arm!r}'s overrides {list(overrides)} are refused: {err}") from err
 
 
-def _hint(arm: str, extra: set[str]) -> str:
+def _hint(extra: set[str]) -> str:
     if any(k.startswith("data.policy_epochs") or k.startswith("data.mixup_epochs") for k in extra):
         return (" Hint: switch mosaic and mixup off by their probabilities; the policy epochs also schedule the other"
                 " augmentations, so changing them changes more than Dense O2O.")  # fmt: skip
@@ -69,9 +69,9 @@ def _check_one(fn: Callable[[TrainConfig], dict], preset: str) -> None:
     if from_preset:
         raise AssertionError(
             f"{where}: the baseline also changes {sorted(from_preset)} from the preset: a comparison changes one thing"
-            " at a time, and the baseline should be the preset minus MAL and Dense O2O."
-            + _hint("baseline", from_preset)
+            " at a time, and the baseline should be the preset minus MAL and Dense O2O." + _hint(from_preset)
         )
+    deim_values = {key: value for key, (_, value) in config_diff(base, cfg).items()}  # loss_class and DENSE
     for arm, fields in ABLATION_FIELDS.items():
         diff = config_diff(base, resolved[arm])
         if set(diff) != fields:
@@ -79,11 +79,10 @@ def _check_one(fn: Callable[[TrainConfig], dict], preset: str) -> None:
             raise AssertionError(
                 f"{where}: arm {arm!r} should differ from the baseline in exactly {sorted(fields) or 'nothing'}; "
                 f"it also changes {sorted(extra)} and leaves {sorted(missing)} as the baseline has them "
-                f"(differences: {diff}).{_hint(arm, extra)}"
+                f"(differences: {diff}).{_hint(extra)}"
             )
         for key in fields:  # the values DEIM uses: MAL, and the preset's own probabilities
-            want = getattr(cfg, key) if "." not in key else getattr(cfg.data, key.split(".", 1)[1])
-            got = diff[key][1]
+            want, got = deim_values[key], diff[key][1]
             if got != want:
                 raise AssertionError(
                     f"{where}: arm {arm!r} sets {key} = {got!r}; DEIM's value in this preset is {want!r} (read it from"
