@@ -112,11 +112,12 @@ def load_runs(out: Path) -> dict[str, dict[int, dict]]:
     runs: dict[str, dict[int, dict]] = {}
     for arm in ARMS:
         for path in sorted((out / arm).glob("seed*/run.json")):
-            evals = read_metrics(path.parent, kind="eval")
+            records = read_metrics(path.parent)
+            evals = [r for r in records if r.get("kind") == "eval"]
             runs.setdefault(arm, {})[int(path.parent.name[4:])] = {
                 "ap": [r["AP"] for r in evals],
                 "ap50": [r["AP50"] for r in evals],
-                "data": read_metrics(path.parent, kind="data"),
+                "data": [r for r in records if r.get("kind") == "data"],
                 "run": {"out": out.name, **json.loads(path.read_text())},
                 "dir": path.parent,
             }
@@ -190,7 +191,7 @@ def reading(s: dict, n_seeds: int) -> str:
     )
 
 
-def args_dir(runs: dict[str, dict[int, dict]]) -> Path:
+def baseline_dir(runs: dict[str, dict[int, dict]]) -> Path:
     """The folder of the baseline's first run (its config.json says the schedule)."""
     return next(iter(runs["baseline"].values()))["dir"]
 
@@ -208,7 +209,7 @@ def to_markdown(runs: dict[str, dict[int, dict]], study: list[str]) -> str:
     s = summary(runs)
     info = next(iter(runs["baseline"].values()))["run"]
     seeds = sorted(runs["baseline"])
-    epochs = json.loads((args_dir(runs) / "config.json").read_text())["epochs"]
+    epochs = json.loads((baseline_dir(runs) / "config.json").read_text())["epochs"]
     title = (
         "## Convergence: baseline, +MAL, +Dense O2O, DEIM (lesson 11)"
         if epochs == 12

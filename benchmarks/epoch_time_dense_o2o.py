@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from minidetr.data import ensure_shapes
-from minidetr.train import apply_overrides, fit, get_preset
+from minidetr.train import apply_overrides, fit, get_preset, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_default_preset import _cpu_name, _load  # noqa: E402
@@ -40,8 +40,6 @@ BOUND = 1.5
 def epoch_seconds(arm: str, images: int) -> tuple[float, float]:
     """Wall seconds of one epoch of ``arm`` (fit's clock at its eval record, eval of 8 images included) and the
     targets per training image it logged."""
-    from minidetr.train import read_metrics
-
     cfg = apply_overrides(get_preset("deim_shapes"), [*COMMON, f"data.shapes_num_train={images}", *ARMS[arm]])
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

@@ -61,8 +61,9 @@ def build(args: argparse.Namespace):
     policy = build_policy(cfg)
     collate = MultiScaleCollate(cfg.data.multiscale_sizes, cfg.data.stop_epoch, policy)
     loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, False, collate)
-    set_epoch(loader, args.epoch if args.epoch is not None else _dense_epoch(cfg))
-    return cfg, loader, policy
+    epoch = args.epoch if args.epoch is not None else _dense_epoch(cfg)
+    set_epoch(loader, epoch)
+    return cfg, loader, policy.at(epoch)
 
 
 def _dense_epoch(cfg) -> int:
@@ -156,7 +157,7 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "cfg": cfg, "device": device, "phases": {p: statistics.median(times[p]) for p in PHASES},
         "step_s": statistics.median(step_s), "train_ips": cfg.batch_size / statistics.median(step_s),
-        "infer_ips": infer, "peak_cuda_mb": peak, "max_rss_mb": rss, "policy": policy.at(_dense_epoch(cfg)),
+        "infer_ips": infer, "peak_cuda_mb": peak, "max_rss_mb": rss, "policy": policy,
         "targets_per_image": targets_seen / max(1, images_seen), "threads": torch.get_num_threads(),
     }  # fmt: skip
 
