@@ -4,7 +4,8 @@
     python benchmarks/train_throughput.py --preset deim_r50 --device cuda --batch-size 16 --steps 50
 
 Builds the preset's objects the way ``minidetr.train.fit`` does (dataset, loader with the preset's workers and the
-augmentation policy of ``--epoch``, model, criterion, optimiser, EMA, autocast), then times ``--steps`` training
+augmentation policy of ``--epoch``, model, criterion, optimiser, EMA, autocast; the decoded-image cache, when
+``data.cache_images`` is on, is filled first, as it is from a run's second epoch on), then times ``--steps`` training
 steps after ``--warmup`` untimed ones. Each step is split into: data (the loader's next batch), to_device,
 forward, matching (``criterion.match_layers``: every decoder layer and the encoder proposals, host copy
 included), loss (the rest of the criterion), backward, optimizer (clip, step, lr schedule), ema. On CUDA every
@@ -63,6 +64,9 @@ def build(args: argparse.Namespace):
     loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, False, collate)
     epoch = args.epoch if args.epoch is not None else _dense_epoch(cfg)
     set_epoch(loader, epoch)
+    if train_set._cache is not None:  # decoded images kept in memory: fill it, as a run does in its first epoch
+        for i in range(len(train_set)):
+            train_set.load_raw(i)
     return cfg, loader, policy.at(epoch)
 
 

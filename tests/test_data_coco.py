@@ -91,6 +91,34 @@ def test_transforms_give_fixed_square(coco_root):
         assert ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
 
 
+def test_cached_images_are_the_decoded_files_and_read_once(coco_root, monkeypatch):
+    plain = _load(coco_root)
+    cached = CocoDetection(coco_root / "val2017", coco_root / "annotations" / "instances_val2017.json",
+                           cache_images=True)  # fmt: skip
+    for i in range(len(plain)):
+        a, ta = plain[i]
+        b, tb = cached[i]
+        assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"], tb["labels"])
+    raw, _ = cached.load_raw(0)
+    raw.zero_()  # a transform that writes into its input must not reach the cache
+    monkeypatch.setattr(cached, "_load_image", lambda _id: pytest.fail("decoded the file again"))
+    torch.testing.assert_close(cached[0][0], plain[0][0])  # from memory, unchanged
+
+
+def test_train_builder_caches_only_the_synthetic_shapes(tmp_path):
+    from minidetr.train import get_preset
+    from minidetr.train.builders import DataPaths, build_datasets
+
+    shapes = ensure_shapes(num_train=8, num_val=4, image_size=64, seed=0, root=tmp_path)
+    paths = DataPaths(shapes.train_images, shapes.train_ann, shapes.val_images, shapes.val_ann)
+    cfg = get_preset("deim_shapes")
+    assert build_datasets(cfg, paths)[0]._cache == {}  # source "shapes": on
+    cfg.data.source = "files"
+    assert build_datasets(cfg, paths)[0]._cache is None  # COCO or other files: off unless asked
+    cfg.data.cache_images = True
+    assert build_datasets(cfg, paths)[0]._cache == {}
+
+
 def _write_ann(root, data_text):
     path = root / "annotations" / "instances_val2017.json"
     path.write_text(data_text)

@@ -62,9 +62,19 @@ class CocoDetection(torchvision.datasets.CocoDetection):
 
     ``transforms`` is called as ``transforms(image, {"boxes": BoundingBoxes xyxy, "labels": [T]})`` (a v2
     pipeline, e.g. :func:`minidetr.data.transforms.build_transforms`); it must return a tensor image.
+    ``cache_images``: keep each decoded uint8 image in memory after its first read (each loader worker its own
+    copy), so later epochs and mosaic partners skip the file decode; for small datasets such as the synthetic
+    shapes (2,000 images of 128 px: 98 MB), not for COCO.
     """
 
-    def __init__(self, images_dir: str | os.PathLike, ann_file: str | os.PathLike, transforms: Callable | None = None):
+    def __init__(
+        self,
+        images_dir: str | os.PathLike,
+        ann_file: str | os.PathLike,
+        transforms: Callable | None = None,
+        *,
+        cache_images: bool = False,
+    ):
         # torchvision's __init__ would parse the JSON with COCO() a second time and print; validate once, then
         # hand the parsed dict to pycocotools ourselves.
         VisionDataset.__init__(self, str(images_dir), transforms=None)
@@ -90,6 +100,7 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco.createIndex()
         self.transforms = transforms  # set after super's init: VisionDataset would wrap it otherwise
+        self._cache: dict[int, Tensor] | None = {} if cache_images else None
 
     def _clean_targets(self, data: dict[str, Any]) -> tuple[dict[int, tuple[Tensor, Tensor]], set[int]]:
         """Per image: xyxy boxes [T, 4] clipped to the image and labels [T], crowds and degenerate boxes out;
@@ -155,14 +166,18 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         """Item ``index`` before any transform: uint8 image [3, H, W] and ``{"boxes": BoundingBoxes xyxy,
         "labels": [T]}`` (what the transforms receive; mosaic reads its partner images this way)."""
         image_id = self.ids[index]
-        pil = self._load_image(image_id)
-        w, h = pil.size
+        image = self._cache.get(image_id) if self._cache is not None else None
+        if image is None:
+            image = F.to_image(self._load_image(image_id))
+            if self._cache is not None:
+                self._cache[image_id] = image
+        h, w = image.shape[-2:]
         boxes, labels = self._targets[image_id]
         target: dict[str, Any] = {
             "boxes": tv_tensors.BoundingBoxes(boxes.clone(), format="XYXY", canvas_size=(h, w)),
             "labels": labels.clone(),
         }
-        return F.to_image(pil), target
+        return tv_tensors.Image(image.clone()), target  # a copy: no transform can change the cached pixels
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         image_id = self.ids[index]

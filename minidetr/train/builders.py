@@ -146,7 +146,8 @@ def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
         mosaic = Mosaic(d.mosaic_size, d.mosaic_rotation, d.mosaic_translate, tuple(d.mosaic_scale))
     train_tf = build_transforms(True, d.image_size, zoom_out_max=d.zoom_out_max, stop_epoch=d.stop_epoch,
                                 policy=build_policy(cfg), mosaic=mosaic, **aug)  # fmt: skip
-    train_set = CocoDetection(paths.train_images, paths.train_ann, train_tf)
+    cache = d.source == "shapes" if d.cache_images is None else d.cache_images
+    train_set = CocoDetection(paths.train_images, paths.train_ann, train_tf, cache_images=cache)
     val_set = CocoDetection(paths.val_images, paths.val_ann, build_transforms(False, d.image_size))
     check_same_categories(train_set, val_set)  # labels are contiguous per file: other val categories would shift them
     return train_set, val_set

@@ -50,6 +50,8 @@ class DataConfig:
     val_images: str | None = None
     val_ann: str | None = None
     image_size: int = 128  # square side the transforms resize to (RT-DETR style, no padding masks)
+    # Keep decoded train images in memory (minidetr.data.CocoDetection); None: on for the synthetic shapes only.
+    cache_images: bool | None = None
     # Train augmentations (minidetr.data.transforms.build_transforms); val only resizes.
     augment: bool = True  # False: resize + horizontal flip only
     zoom_out_max: float = 4.0  # RT-DETR's canvas scale limit; lower keeps small objects visible on small images
