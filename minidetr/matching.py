@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss
 
 from .boxes import batched_generalized_box_iou, box_cxcywh_to_xyxy
 
@@ -132,10 +133,11 @@ class HungarianMatcher(nn.Module):
       ``C_cls = alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))``, the focal loss of calling
       the query positive minus that of calling it negative.
 
-    The costs of the whole batch are built at once as a padded block tensor ``[B, Q, T_max]`` (image b's
-    queries against image b's targets only), moved to the CPU with one copy, and each image's
-    ``[Q, T_b]`` block is solved on its own. Padding never changes an image's optimum: the padded
-    columns are sliced away before solving.
+    ``cost_matrix`` builds the costs of the whole batch as one padded block tensor ``[B, Q, T_max]`` (image
+    b's queries against image b's targets only; the padded columns are never solved). Matching itself uses
+    ``pair_costs``, the same numbers for the real pairs only, ``[ΣT, Q]``: with COCO's long tail (one image of
+    90 targets in a batch of 7-target images) the padded block is mostly padding. Every layer's pairs reach
+    the CPU in one copy, and each image's ``[Q, T_b]`` block is solved on its own.
     """
 
     def __init__(
@@ -173,15 +175,44 @@ class HungarianMatcher(nn.Module):
             boxes[b, : len(t["boxes"])] = t["boxes"]
 
         index = labels[:, None, :].expand(batch, num_queries, t_max)  # (B, Q, T)
-        if self.use_focal:
-            prob = logits.sigmoid().gather(2, index)
-            neg = (1 - self.alpha) * prob**self.gamma * -(1 - prob + 1e-8).log()
-            pos = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
-            cost_class = pos - neg
-        else:
-            cost_class = -logits.softmax(-1).gather(2, index)
+        cost_class = self._class_cost(self._probabilities(logits).gather(2, index))
         cost_bbox = torch.cdist(pred_boxes, boxes, p=1)  # (B, Q, T)
         cost_giou = -batched_generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(boxes))
+        return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+
+    def _probabilities(self, logits: Tensor) -> Tensor:
+        return logits.sigmoid() if self.use_focal else logits.softmax(-1)
+
+    def _class_cost(self, prob: Tensor) -> Tensor:
+        """``C_cls`` from the probability of each pair's target class."""
+        if not self.use_focal:
+            return -prob
+        neg = (1 - self.alpha) * prob**self.gamma * -(1 - prob + 1e-8).log()
+        pos = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
+        return pos - neg
+
+    @torch.no_grad()
+    def pair_costs(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> Tensor:
+        """The matching cost of every real (target, query) pair, ``[ΣT, Q]``: row ``j`` is target ``j`` of the
+        batch's concatenated targets against the ``Q`` queries of its own image. Image b's ``[Q, T_b]`` block is
+        ``cost_matrix(...)[b, :, :T_b]``, to float rounding; no padding is built."""
+        logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K[+1]), (B, Q, 4)
+        batch, num_queries = logits.shape[:2]
+        if len(targets) != batch:
+            raise ValueError(f"got {len(targets)} target dicts for a batch of {batch} predictions")
+        sizes = torch.tensor([len(t["labels"]) for t in targets], dtype=torch.long, device=logits.device)
+        image = torch.repeat_interleave(torch.arange(batch, device=logits.device), sizes)  # (ΣT,) image of target j
+        labels = torch.cat([t["labels"] for t in targets]).to(logits.device) if batch else sizes
+        boxes = torch.cat([t["boxes"] for t in targets]).to(pred_boxes) if batch else pred_boxes.new_zeros(0, 4)
+        if self.use_focal:  # sigmoid of the gathered logits only: [ΣT, Q] instead of [B, Q, K]
+            prob = logits.transpose(1, 2)[image, labels].sigmoid()
+        else:
+            prob = logits.softmax(-1).transpose(1, 2)[image, labels]
+        cost_class = self._class_cost(prob)  # (ΣT, Q)
+        cost_bbox = (pred_boxes[image] - boxes[:, None, :]).abs().sum(-1)
+        pred_xyxy = box_cxcywh_to_xyxy(pred_boxes)[image]  # converted before the gather: B*Q boxes, not ΣT*Q
+        gt_xyxy = box_cxcywh_to_xyxy(boxes)[:, None, :].expand_as(pred_xyxy)
+        cost_giou = generalized_box_iou_loss(pred_xyxy, gt_xyxy) - 1  # -GIoU, elementwise
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()
@@ -203,14 +234,15 @@ class HungarianMatcher(nn.Module):
     ) -> list[list[tuple[Tensor, Tensor]]]:
         """Match several predictions of the same batch (e.g. every decoder layer) with ONE device-to-host copy.
 
-        Each entry of ``outputs_list`` is matched on its own, exactly as ``forward`` would; their cost blocks
-        ``[B, Q_i, T_max]`` are concatenated along the query axis before the copy, so a criterion with
+        Each entry of ``outputs_list`` is matched on its own, exactly as ``forward`` would; their pair costs
+        ``[ΣT, Q_i]`` are concatenated along the query axis before the copy, so a criterion with
         L layers waits for the accelerator once per step instead of L times. Returns one ``forward`` result
         per entry.
         """
         sizes = [len(t["labels"]) for t in targets]
-        costs = [self.cost_matrix(out, targets) for out in outputs_list]
+        costs = [self.pair_costs(out, targets) for out in outputs_list]
         splits = [c.shape[1] for c in costs]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         # One device-to-host copy for everything; NaN/inf would make any solver fail or lie.
         cost = torch.cat(costs, 1)
         cost = cost if cost.dtype == torch.float64 else cost.float()  # fp32 over the wire; fp64 kept for fp64 runs
@@ -221,8 +253,8 @@ class HungarianMatcher(nn.Module):
         for n_queries in splits:
             block, start = cost[:, start : start + n_queries], start + n_queries
             matches = []
-            for b, size in enumerate(sizes):
-                rows, cols = solve(block[b, :, :size])
+            for b in range(len(sizes)):
+                rows, cols = solve(block[offsets[b] : offsets[b + 1]].T)  # image b: [Q, T_b]
                 matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
             results.append(matches)
         return results

@@ -97,3 +97,27 @@ def test_train_throughput_breaks_a_step_into_its_phases(capsys):
     ms = {p: float(rows[p].split("|")[2]) for p in bench.PHASES}
     assert ms["forward"] > 0 and ms["backward"] > 0 and ms["matching"] > 0
     assert "mosaic': 0.5" in out  # the loader ran in the Dense O2O phase
+
+
+def test_matching_cost_arms_reach_the_same_optimum_and_report_ratios(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import matching_cost as bench
+    import numpy as np
+    import torch
+
+    from minidetr.matching import HungarianMatcher
+
+    counts = bench.coco_like_counts(4, np.random.default_rng(1), mosaic=False)
+    assert counts[0] == 90 and all(1 <= c <= 90 for c in counts)
+    layers, targets = bench.make_step(4, 100, 5, 2, counts, "cpu")
+    matcher = HungarianMatcher(cost_class=2.0, use_focal=True)
+    results = {name: fn(matcher, layers, targets) for name, fn in bench.ARMS.items()}
+    for i, layer in enumerate(layers):
+        padded = matcher.cost_matrix(layer, targets).double()
+        for b, n in enumerate(counts):
+            totals = [padded[b, :, :n][torch.as_tensor(r[i][b][0]), torch.as_tensor(r[i][b][1])].sum().item()
+                      for r in results.values()]  # fmt: skip
+            assert max(totals) - min(totals) < 1e-4 * abs(totals[0])
+    bench.main(["--batch-size", "4", "--queries", "50", "--classes", "5", "--outputs", "2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| COCO-like |" in out and "| mosaic (4 draws) |" in out and "official / pairs" in out

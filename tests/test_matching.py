@@ -164,6 +164,26 @@ def test_padded_blocks_match_detr_full_layout():
         start += n
 
 
+@pytest.mark.parametrize("focal", [False, True])
+def test_pair_costs_are_the_padded_blocks_without_padding(focal):
+    """A long-tail batch (0, 1, 2 and 40 targets): every image's [Q, T_b] block of pair_costs is the real part of
+    cost_matrix, so matching (which uses pair_costs) reaches the padded blocks' optimum."""
+    outputs, targets = make_batch(6, sizes=[2, 40, 0, 1], num_queries=50, focal=focal)
+    matcher = HungarianMatcher(use_focal=focal)
+    pairs, padded = matcher.pair_costs(outputs, targets), matcher.cost_matrix(outputs, targets)
+    assert pairs.shape == (43, 50) and padded.shape == (4, 50, 40)  # 43 rows where the padded block has 160
+    start = 0
+    for b, (t, (q, j)) in enumerate(zip(targets, matcher(outputs, targets), strict=True)):
+        n = len(t["labels"])
+        torch.testing.assert_close(pairs[start : start + n].T, padded[b, :, :n], rtol=1e-5, atol=1e-5)
+        block = padded[b, :, :n].double().numpy()
+        rows, cols = linear_sum_assignment(block)
+        np.testing.assert_allclose(block[q, j].sum(), block[rows, cols].sum(), rtol=1e-6)
+        start += n
+    empty = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 4
+    assert matcher.pair_costs(outputs, empty).shape == (0, 50)
+
+
 def test_matching_is_permutation_equivariant():
     outputs, targets = make_batch(2, sizes=[6])
     matcher = HungarianMatcher()
