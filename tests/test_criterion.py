@@ -245,3 +245,13 @@ def test_recipe_defaults_match_official_configs():
     # the loss names in each weight_dict are the criterion's names for that method
     for method, cfg in d.items():
         assert f"loss_{method}" in cfg["weight_dict"]
+
+
+def test_num_boxes_alone_is_counted_on_the_host():
+    """Without torchrun, num_boxes never goes through the device (on a GPU that would be a sync every step):
+    a meta device, which holds no values, would fail on .item()."""
+    from minidetr.criterion import num_boxes_across_processes
+
+    targets = [{"labels": torch.tensor([1, 2])}, {"labels": torch.tensor([3])}, {"labels": torch.zeros(0)}]
+    assert num_boxes_across_processes(targets, torch.device("meta")) == 3.0
+    assert num_boxes_across_processes(targets[2:], torch.device("meta")) == 1.0  # at least 1
