@@ -64,9 +64,7 @@ def build(args: argparse.Namespace):
     loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, False, collate)
     epoch = args.epoch if args.epoch is not None else _dense_epoch(cfg)
     set_epoch(loader, epoch)
-    if train_set._cache is not None:  # decoded images kept in memory: fill it, as a run does in its first epoch
-        for i in range(len(train_set)):
-            train_set.load_raw(i)
+    train_set.fill_cache()  # with data.cache_images on: as from a run's second epoch on
     return cfg, loader, policy.at(epoch)
 
 

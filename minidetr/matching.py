@@ -175,18 +175,17 @@ class HungarianMatcher(nn.Module):
             boxes[b, : len(t["boxes"])] = t["boxes"]
 
         index = labels[:, None, :].expand(batch, num_queries, t_max)  # (B, Q, T)
-        cost_class = self._class_cost(self._probabilities(logits).gather(2, index))
+        cost_class = self._class_cost(logits, lambda x: x.gather(2, index))
         cost_bbox = torch.cdist(pred_boxes, boxes, p=1)  # (B, Q, T)
         cost_giou = -batched_generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(boxes))
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
-    def _probabilities(self, logits: Tensor) -> Tensor:
-        return logits.sigmoid() if self.use_focal else logits.softmax(-1)
-
-    def _class_cost(self, prob: Tensor) -> Tensor:
-        """``C_cls`` from the probability of each pair's target class."""
+    def _class_cost(self, logits: Tensor, pick: Callable[[Tensor], Tensor]) -> Tensor:
+        """``C_cls`` of the pairs ``pick`` selects from ``[B, Q, K]`` (each pair's target class). The sigmoid is
+        taken after the pick (the pairs only, not every class), the softmax before it (it needs every class)."""
         if not self.use_focal:
-            return -prob
+            return -pick(logits.softmax(-1))
+        prob = pick(logits).sigmoid()
         neg = (1 - self.alpha) * prob**self.gamma * -(1 - prob + 1e-8).log()
         pos = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
         return pos - neg
@@ -196,23 +195,15 @@ class HungarianMatcher(nn.Module):
         """The matching cost of every real (target, query) pair, ``[ΣT, Q]``: row ``j`` is target ``j`` of the
         batch's concatenated targets against the ``Q`` queries of its own image. Image b's ``[Q, T_b]`` block is
         ``cost_matrix(...)[b, :, :T_b]``, to float rounding; no padding is built."""
+        return self._pair_costs(outputs, _flat_targets(outputs["pred_boxes"], targets))
+
+    def _pair_costs(self, outputs: dict[str, Tensor], flat: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
         logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K[+1]), (B, Q, 4)
-        batch, num_queries = logits.shape[:2]
-        if len(targets) != batch:
-            raise ValueError(f"got {len(targets)} target dicts for a batch of {batch} predictions")
-        sizes = torch.tensor([len(t["labels"]) for t in targets], dtype=torch.long, device=logits.device)
-        image = torch.repeat_interleave(torch.arange(batch, device=logits.device), sizes)  # (ΣT,) image of target j
-        labels = torch.cat([t["labels"] for t in targets]).to(logits.device) if batch else sizes
-        boxes = torch.cat([t["boxes"] for t in targets]).to(pred_boxes) if batch else pred_boxes.new_zeros(0, 4)
-        if self.use_focal:  # sigmoid of the gathered logits only: [ΣT, Q] instead of [B, Q, K]
-            prob = logits.transpose(1, 2)[image, labels].sigmoid()
-        else:
-            prob = logits.softmax(-1).transpose(1, 2)[image, labels]
-        cost_class = self._class_cost(prob)  # (ΣT, Q)
+        image, labels, boxes, boxes_xyxy = flat
+        cost_class = self._class_cost(logits, lambda x: x.transpose(1, 2)[image, labels])  # (ΣT, Q)
         cost_bbox = (pred_boxes[image] - boxes[:, None, :]).abs().sum(-1)
         pred_xyxy = box_cxcywh_to_xyxy(pred_boxes)[image]  # converted before the gather: B*Q boxes, not ΣT*Q
-        gt_xyxy = box_cxcywh_to_xyxy(boxes)[:, None, :].expand_as(pred_xyxy)
-        cost_giou = generalized_box_iou_loss(pred_xyxy, gt_xyxy) - 1  # -GIoU, elementwise
+        cost_giou = generalized_box_iou_loss(pred_xyxy, boxes_xyxy[:, None, :].expand_as(pred_xyxy)) - 1  # -GIoU
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()
@@ -240,7 +231,8 @@ class HungarianMatcher(nn.Module):
         per entry.
         """
         sizes = [len(t["labels"]) for t in targets]
-        costs = [self.pair_costs(out, targets) for out in outputs_list]
+        flat = _flat_targets(outputs_list[0]["pred_boxes"], targets)  # the targets' side, once for every entry
+        costs = [self._pair_costs(out, flat) for out in outputs_list]
         splits = [c.shape[1] for c in costs]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         # One device-to-host copy for everything; NaN/inf would make any solver fail or lie.
@@ -258,3 +250,18 @@ class HungarianMatcher(nn.Module):
                 matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
             results.append(matches)
         return results
+
+
+def _flat_targets(pred_boxes: Tensor, targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The batch's targets concatenated, boxes in ``pred_boxes``' dtype and device: ``(image of each target
+    [ΣT], labels [ΣT], boxes cxcywh [ΣT, 4], boxes xyxy [ΣT, 4])``; checks there is one target dict per image."""
+    batch, device = pred_boxes.shape[0], pred_boxes.device
+    if len(targets) != batch:
+        raise ValueError(f"got {len(targets)} target dicts for a batch of {batch} predictions")
+    sizes = torch.tensor([len(t["labels"]) for t in targets], dtype=torch.long, device=device)
+    image = torch.repeat_interleave(torch.arange(batch, device=device), sizes)
+    if not batch:
+        return image, image, pred_boxes.new_zeros(0, 4), pred_boxes.new_zeros(0, 4)
+    labels = torch.cat([t["labels"] for t in targets]).to(device)
+    boxes = torch.cat([t["boxes"] for t in targets]).to(pred_boxes)
+    return image, labels, boxes, box_cxcywh_to_xyxy(boxes)

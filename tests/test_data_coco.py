@@ -99,6 +99,8 @@ def test_cached_images_are_the_decoded_files_and_read_once(coco_root, monkeypatc
         a, ta = plain[i]
         b, tb = cached[i]
         assert torch.equal(a, b) and torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["labels"], tb["labels"])
+    cached.fill_cache()
+    assert sorted(cached._cache) == sorted(cached.ids)  # every image decoded once, up front
     raw, _ = cached.load_raw(0)
     raw.zero_()  # a transform that writes into its input must not reach the cache
     monkeypatch.setattr(cached, "_load_image", lambda _id: pytest.fail("decoded the file again"))

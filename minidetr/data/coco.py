@@ -180,6 +180,12 @@ class CocoDetection(torchvision.datasets.CocoDetection):
         }
         return tv_tensors.Image(image.clone()), target  # a copy: no transform can change the cached pixels
 
+    def fill_cache(self) -> None:
+        """Decode every image into the cache now, as a first epoch does along the way (nothing without a cache)."""
+        if self._cache is not None:
+            for i in range(len(self)):
+                self.load_raw(i)
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         image_id = self.ids[index]
         image, target = self.load_raw(index)
