@@ -119,3 +119,35 @@ def test_scale_epoch_schedule_stretches_points_and_tails():
     cfg = get_preset("detr_r50")  # 500 epochs, drop at 400
     assert scale_epoch_schedule(cfg, 50) == ["lr_drop 400 -> 40"]
     assert scale_epoch_schedule(get_preset("detr_r50"), 500) == []
+
+
+def test_scale_total_batch_follows_deims_rule():
+    """DEIM's README, for a doubled total batch: lr and backbone lr x2, EMA decay 1 - (1 - d) x 2, warm-ups halved."""
+    from minidetr.train import get_preset
+    from minidetr.train.config import ConfigError
+    from minidetr.train.optim import scale_total_batch
+
+    cfg = get_preset("deim_r50")  # tuned for 16 images per step (8 GPUs x 2)
+    changes = scale_total_batch(cfg, 32, world_size=8)
+    assert (cfg.batch_size, cfg.recipe_total_batch) == (4, 32)
+    assert (cfg.lr, cfg.lr_backbone, cfg.warmup_steps, cfg.ema_warmups) == (4e-4, 4e-5, 1000, 1000)
+    assert math.isclose(cfg.ema_decay, 0.9998, rel_tol=0, abs_tol=1e-15)
+    assert changes[:2] == ["batch_size 2 -> 4", "lr 0.0002 -> 0.0004"]
+    # the same recipe on 4 GPUs: 4 per GPU keeps the total, so nothing but the per-process batch changes
+    cfg = get_preset("deim_r50")
+    assert scale_total_batch(cfg, 16, world_size=4) == ["batch_size 2 -> 4"]
+    assert (cfg.lr, cfg.warmup_steps, cfg.ema_decay) == (2e-4, 2000, 0.9999)
+    # half the batch: half the lr, twice the warm-up steps, an EMA that averages over twice the updates
+    cfg = get_preset("deim_r50")
+    scale_total_batch(cfg, 8, world_size=4)
+    assert (cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.ema_warmups) == (2, 1e-4, 4000, 4000)
+    assert math.isclose(cfg.ema_decay, 0.99995, rel_tol=0, abs_tol=1e-15)
+    # the epoch schedule needs nothing: it is in epochs, and the steps per epoch follow the batch
+    assert (cfg.flat_epoch, cfg.no_aug_epoch, cfg.data.policy_epochs) == (34, 2, [4, 34, 58])
+    cfg = get_preset("deim_shapes")
+    assert scale_total_batch(cfg, 32, keep=["lr"])[:2] == ["batch_size 16 -> 32", "lr_backbone 0.0005 -> 0.001"]
+    assert cfg.lr == 5e-4  # the user's lr stays
+    with pytest.raises(ConfigError, match="cannot be shared by 3 processes: give a multiple of 3"):
+        scale_total_batch(get_preset("deim_r50"), 16, world_size=3)
+    with pytest.raises(ConfigError, match=r"ema_decay 0.999 tuned for 16 .* no counterpart at 16000"):
+        scale_total_batch(get_preset("deim_shapes"), 16000)

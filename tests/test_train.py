@@ -295,3 +295,29 @@ def test_cli_epochs_scale_the_presets_schedule(capsys):
     assert "(no_aug_epoch 1 -> 0, " in capsys.readouterr().out
     cfg = config_from_args(parser.parse_args(["--epochs", "12"]), parser)
     assert (cfg.flat_epoch, cfg.no_aug_epoch) == (6, 1) and "instead of" not in capsys.readouterr().out
+
+
+def test_cli_total_batch_scales_the_recipe_and_a_different_batch_is_noted(capsys, monkeypatch):
+    from minidetr.train.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun --nproc_per_node=4
+    cfg = config_from_args(parser.parse_args(["--preset", "deim_r50", "--data", "/x", "--total-batch", "32"]), parser)
+    assert (cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.recipe_total_batch) == (8, 4e-4, 1000, 32)
+    out = capsys.readouterr().out
+    assert "total batch 32 = 4 x 8 (2x the recipe's 16): batch_size 2 -> 8, lr 0.0002 -> 0.0004" in out
+    # without --total-batch, 4 GPUs x the preset's 2 = 8, not the 16 it was tuned for: said, not changed
+    cfg = config_from_args(parser.parse_args(["--preset", "deim_r50", "--data", "/x"]), parser)
+    assert (cfg.batch_size, cfg.lr) == (2, 2e-4)
+    out = capsys.readouterr().out
+    assert "note: deim_r50's lr, warm-ups and EMA were tuned for 16 images per step; this run takes 4 x 2 = 8" in out
+    assert "--total-batch 8 scales them (linear rule), --total-batch 16 keeps the recipe's batch (4 per process)" in out
+    cfg = config_from_args(parser.parse_args(["--preset", "deim_r50", "--data", "/x", "--set", "batch_size=4"]), parser)
+    assert "note:" not in capsys.readouterr().out  # 4 x 4 = 16: the recipe's batch
+    # the user's own lr is kept; --batch-size and --total-batch together are refused
+    cfg = config_from_args(parser.parse_args(["--preset", "deim_r50", "--data", "/x", "--total-batch", "32",
+                                              "--lr", "3e-4"]), parser)  # fmt: skip
+    assert (cfg.lr, cfg.lr_backbone) == (3e-4, 4e-5)
+    with pytest.raises(SystemExit):
+        config_from_args(parser.parse_args(["--total-batch", "32", "--batch-size", "8"]), parser)
+    assert "either --batch-size (per process) or --total-batch" in capsys.readouterr().err

@@ -43,6 +43,7 @@ from .optim import (
     param_groups,
     rtdetr_param_groups,
     scale_epoch_schedule,
+    scale_total_batch,
 )
 from .overrides import apply_overrides, config_diff
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, preset_descriptions
@@ -88,6 +89,7 @@ __all__ = [
     "rtdetr_param_groups",
     "save_config",
     "scale_epoch_schedule",
+    "scale_total_batch",
     "seed_everything",
     "series",
     "train_one_epoch",

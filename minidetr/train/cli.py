@@ -6,6 +6,7 @@ and exit status 2, without a traceback.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ..distributed import is_main_process
 from .builders import resolve_device
 from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from .engine import NonFiniteLossError
-from .optim import scale_epoch_schedule
+from .optim import scale_epoch_schedule, scale_total_batch
 from .overrides import apply_overrides
 from .presets import DEFAULT_PRESET, get_preset, preset_descriptions
 from .run import fit
@@ -45,6 +46,11 @@ def build_parser():
     add_data_arguments(p)
     p.add_argument("--epochs", type=_positive(int), help="number of epochs")
     p.add_argument("--batch-size", type=_positive(int), help="images per step (per process)")
+    p.add_argument(
+        "--total-batch", type=_positive(int), metavar="N",
+        help="images per step over all processes, N / world size each, with lr, warm-ups and EMA scaled from the "
+        "preset's recipe (linear rule; see the README)",
+    )  # fmt: skip
     p.add_argument("--lr", type=_positive(float), help="learning rate of the transformer and heads")
     p.add_argument("--output", metavar="DIR", help="run folder (default runs/PRESET, or the resumed checkpoint's)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth (its config unless --preset)")
@@ -122,6 +128,7 @@ def config_from_args(args, parser) -> TrainConfig:
             setattr(cfg, key, getattr(args, flag))
     if args.compile:
         cfg.compile = True
+    _apply_total_batch(cfg, args, parser)
     if not args.resume and cfg.epochs != preset_epochs:  # a new run of another length: the recipe stretched
         epochs, cfg.epochs = cfg.epochs, preset_epochs
         keep = {item.split("=", 1)[0].strip() for item in args.overrides}
@@ -134,6 +141,31 @@ def config_from_args(args, parser) -> TrainConfig:
     if saved is not None:
         _check_resume_changes(saved, cfg, args.resume)
     return cfg.validate()
+
+
+def _apply_total_batch(cfg: TrainConfig, args, parser) -> None:
+    """``--total-batch N``: the batch shared out and the recipe scaled; without it, a note when the run's total batch
+    is not the one the recipe was tuned for (say on 4 GPUs with a preset written for 8)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    recipe = cfg.recipe_total_batch
+    if args.total_batch is not None:
+        if args.batch_size is not None:
+            parser.error("give either --batch-size (per process) or --total-batch (all processes), not both")
+        keep = {item.split("=", 1)[0].strip() for item in args.overrides} | ({"lr"} if args.lr is not None else set())
+        changes = scale_total_batch(cfg, args.total_batch, world, keep)
+        if is_main_process():
+            k = args.total_batch / (recipe or args.total_batch)
+            print(f"total batch {args.total_batch} = {world} x {cfg.batch_size} ({k:g}x the recipe's {recipe}): "
+                  f"{', '.join(changes) or 'nothing to scale'}")  # fmt: skip
+    elif not args.resume and recipe and cfg.batch_size * world != recipe and is_main_process():
+        even = ""
+        if recipe % world == 0:
+            even = f", --total-batch {recipe} keeps the recipe's batch ({recipe // world} per process)"
+        print(
+            f"note: {cfg.preset}'s lr, warm-ups and EMA were tuned for {recipe} images per step; this run takes "
+            f"{world} x {cfg.batch_size} = {cfg.batch_size * world} and uses them unscaled. --total-batch "
+            f"{cfg.batch_size * world} scales them (linear rule){even}"
+        )
 
 
 # What --resume may change in the checkpoint's config: the length of the run, how often it evaluates and logs,

@@ -90,6 +90,9 @@ class TrainConfig:
     # Optimisation (DETR: AdamW, lr 1e-4, backbone 1e-5, weight decay 1e-4, clip 0.1, step drop x0.1).
     epochs: int = 10
     batch_size: int = 8  # per process; the effective batch is batch_size * world_size
+    # The total batch (images per step, all processes) the lr, warm-ups and EMA were tuned for; None: batch_size
+    # on one process. --total-batch N scales them to N (minidetr.train.optim.scale_total_batch).
+    recipe_total_batch: int | None = None
     lr: float = 1e-4
     lr_backbone: float = 1e-5  # 0 freezes the backbone, as in DETR
     weight_decay: float = 1e-4
@@ -144,6 +147,7 @@ class TrainConfig:
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
+            "recipe_total_batch": 1 if self.recipe_total_batch is None else self.recipe_total_batch,
             "lr": self.lr,
             "eval_every": self.eval_every,
             "log_every": self.log_every,

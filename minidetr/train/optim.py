@@ -38,6 +38,7 @@ __all__ = [
     "build_optimizer",
     "build_lr_schedule",
     "scale_epoch_schedule",
+    "scale_total_batch",
 ]
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -239,4 +240,45 @@ def scale_epoch_schedule(cfg: TrainConfig, epochs: int, keep: Sequence[str] = ()
         update("data.policy_epochs", cfg.data, "policy_epochs", [min(scaled(p0), end), min(scaled(p1), end), end])
     if cfg.data.mixup_epochs:
         update("data.mixup_epochs", cfg.data, "mixup_epochs", [scaled(e) for e in cfg.data.mixup_epochs])
+    return changes
+
+
+def scale_total_batch(cfg: TrainConfig, total_batch: int, world_size: int = 1, keep: Sequence[str] = ()) -> list[str]:
+    """Give ``cfg`` ``total_batch`` images per step over ``world_size`` processes, recipe scaled; returns the changes.
+
+    The recipe was tuned for ``cfg.recipe_total_batch`` images per step (``None``: ``batch_size`` on one process).
+    With k = total_batch / that, DEIM's README rule: ``lr`` and ``lr_backbone`` x k (the linear scaling rule of
+    Goyal et al., 2017), ``warmup_steps`` and ``ema_warmups`` / k (the same number of images), ``ema_decay``
+    1 - (1 - d) k (the same averaging horizon in images: d^k to first order). Schedules in epochs need nothing.
+    ``batch_size`` becomes ``total_batch / world_size``; ``recipe_total_batch`` becomes ``total_batch``. Fields named
+    in ``keep`` (set by the user) stay as they are. ``deim_r50`` (16) at 32: lr 2e-4 -> 4e-4, warm-ups 2000 -> 1000.
+    """
+    from .config import ConfigError
+
+    if total_batch <= 0 or world_size <= 0 or total_batch % world_size:
+        raise ConfigError(
+            f"a total batch of {total_batch} images cannot be shared by {world_size} processes: give a multiple of "
+            f"{world_size} (each process takes total / {world_size})"
+        )
+    recipe = cfg.recipe_total_batch or cfg.batch_size
+    k = total_batch / recipe
+    decay = 1 - (1 - cfg.ema_decay) * k
+    if not 0 < decay < 1:
+        raise ConfigError(
+            f"ema_decay {cfg.ema_decay} tuned for {recipe} images per step has no counterpart at {total_batch} "
+            f"(1 - (1 - d) x {k:g} = {decay:g}); set a smaller total batch or ema_decay yourself"
+        )
+    new = {
+        "batch_size": total_batch // world_size,
+        "lr": cfg.lr * k,
+        "lr_backbone": cfg.lr_backbone * k,
+        "warmup_steps": round(cfg.warmup_steps / k),
+        "ema_decay": decay,
+        "ema_warmups": round(cfg.ema_warmups / k),
+        "recipe_total_batch": total_batch,
+    }
+    new = {key: value for key, value in new.items() if key not in keep}
+    changes = [f"{key} {getattr(cfg, key)} -> {value:g}" for key, value in new.items() if getattr(cfg, key) != value]
+    for key, value in new.items():
+        setattr(cfg, key, value)
     return changes

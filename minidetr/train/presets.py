@@ -60,7 +60,7 @@ def detr_shapes() -> TrainConfig:
     cfg = TrainConfig(preset="detr_shapes")
     cfg.model = get_model_preset("detr_shapes")  # tiny CNN (stride 16), D=128, 2+2 layers, 30 queries, no dropout
     cfg.data = DataConfig(source="shapes", image_size=128, augment=False)
-    cfg.epochs, cfg.batch_size = 20, 16
+    cfg.epochs, cfg.batch_size, cfg.recipe_total_batch = 20, 16, 16
     cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.clip_max_norm = 2e-4, 2e-4, 1e-4, 0.1
     cfg.lr_schedule, cfg.lr_drop, cfg.warmup_steps = "step", 15, 50
     cfg.log_every = 10
@@ -78,6 +78,7 @@ def detr_tiny() -> TrainConfig:
     cfg.model = get_model_preset("detr_tiny")  # D=32, 1+1 layers, 10 queries
     cfg.data = DataConfig(source="shapes", image_size=64, shapes_num_train=16, shapes_num_val=8, shapes_image_size=64)
     cfg.epochs, cfg.batch_size, cfg.warmup_steps, cfg.lr_drop, cfg.log_every = 2, 4, 0, 100, 1
+    cfg.recipe_total_batch = 4
     return cfg
 
 
@@ -85,7 +86,7 @@ def detr_tiny() -> TrainConfig:
 def detr_r50() -> TrainConfig:
     """DETR R50 on COCO 2017, the paper's recipe (500 epochs, lr drop at 400; 16 GPUs x 4 images)."""
     # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset detr_r50 --data /data/coco
-    #         (on 2 nodes x 8 GPUs for the paper's 16 x 4; with 8 GPUs use --set batch_size=8)
+    #         (on 2 nodes x 8 GPUs for the paper's 16 x 4; with 8 GPUs add --total-batch 64: 8 per GPU)
     # Wall time: the paper reports ~3 days for 300 epochs on 16 V100s; the 500-epoch run is ~5 days.
     # Batch arithmetic: 4 images/GPU x 16 GPUs = 64 images/step; 118k train images -> ~1850 steps/epoch.
     # The paper trains at shortest side 800 with multi-scale resize; minidetr's transforms use a fixed square
@@ -96,7 +97,7 @@ def detr_r50() -> TrainConfig:
     # minidetr's datasets give contiguous labels 0..K-1 (80 for COCO) rather than the raw ids (max 90).
     cfg.model.num_classes = 80
     cfg.data = DataConfig(source="coco", image_size=800)
-    cfg.epochs, cfg.batch_size = 500, 4
+    cfg.epochs, cfg.batch_size, cfg.recipe_total_batch = 500, 4, 64  # the paper's 16 GPUs x 4
     cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.clip_max_norm = 1e-4, 1e-5, 1e-4, 0.1
     cfg.lr_schedule, cfg.lr_drop, cfg.warmup_steps = "step", 400, 0
     cfg.num_workers, cfg.log_every = 4, 50
@@ -108,7 +109,7 @@ def _rtdetr_shapes(name: str) -> TrainConfig:
     cfg = TrainConfig(preset=name)
     cfg.model = get_model_preset(name)  # ResNet18-vd at width 16, D=64, 2 decoder layers, 50 queries (~1M)
     cfg.data = DataConfig(source="shapes", image_size=128, augment=False)
-    cfg.epochs, cfg.batch_size = 12, 16
+    cfg.epochs, cfg.batch_size, cfg.recipe_total_batch = 12, 16, 16
     # Trained from scratch, so the backbone takes the full lr; schedules scaled to 1,500 steps instead of 440k.
     cfg.lr, cfg.lr_backbone, cfg.weight_decay, cfg.clip_max_norm = 5e-4, 5e-4, 1e-4, 0.1
     cfg.param_groups, cfg.warmup_steps = "rtdetr", 100
@@ -163,8 +164,8 @@ def _rtdetr_r50_common(cfg: TrainConfig) -> TrainConfig:
     cfg.ema, cfg.ema_decay, cfg.ema_warmups = True, 0.9999, 2000
     cfg.amp, cfg.sync_bn, cfg.warmup_steps = "bf16", True, 2000
     cfg.num_workers, cfg.log_every, cfg.num_top_queries, cfg.eval_backend = 4, 100, 300, "faster"
-    # 2 images per process: 8 GPUs x 2 = 16, the official total batch (4 GPUs: --set batch_size=4).
-    cfg.batch_size = 2
+    # 2 images per process: 8 GPUs x 2 = 16, the official total batch (4 GPUs: --total-batch 16, 4 per GPU).
+    cfg.batch_size, cfg.recipe_total_batch = 2, 16
     return cfg
 
 
@@ -175,7 +176,7 @@ def deim_r50() -> TrainConfig:
     #   add --set model.pretrained_backbone=true model.backbone_weights=/path/ResNet50_vd_ssld_v2_pretrained.pth
     #   (the paper's AP needs those weights; from scratch it will fall far short).
     # Batch arithmetic: 2 images/GPU x 8 GPUs = 16 images/step (official total); 118,287 // 16 = 7,392 steps/epoch,
-    #   60 epochs = 443,520 steps. README scaling rule for another total batch k x 16: lr x k, warm-ups / k.
+    #   60 epochs = 443,520 steps. Another total batch: --total-batch N scales lr, warm-ups and EMA (README, lesson 12).
     # Schedule: lr 2e-4 (backbone 2e-5, norm layers no decay), quadratic warm-up 2000 steps, flat to epoch 34,
     #   cosine to 1e-4 at epoch 58, then 1e-4; EMA 0.9999 with 2000-update warm-up; bf16; clip 0.1.
     # Dense O2O (deim_r50vd_60e_coco.yml): epochs 1-4 flip + resize only; 5-34 mosaic p0.5 (tiles of shorter side
