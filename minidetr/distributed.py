@@ -53,8 +53,11 @@ def get_world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """True on rank 0: the one process that prints, logs and writes checkpoints."""
-    return get_rank() == 0
+    """True on rank 0: the one process that prints, logs and writes checkpoints. Before torch.distributed starts
+    (the command line reading its flags), torchrun's ``RANK`` says which process this is."""
+    if is_distributed():
+        return get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False) ->
         return model
     if sync_bn and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif sync_bn:
+    elif sync_bn and is_main_process():  # once per run, not once per process
         _log.warning("sync_bn applies on CUDA only: each process keeps its own BatchNorm statistics on %s", device)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)

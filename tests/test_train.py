@@ -321,3 +321,59 @@ def test_cli_total_batch_scales_the_recipe_and_a_different_batch_is_noted(capsys
     with pytest.raises(SystemExit):
         config_from_args(parser.parse_args(["--total-batch", "32", "--batch-size", "8"]), parser)
     assert "either --batch-size (per process) or --total-batch" in capsys.readouterr().err
+
+
+def test_the_logged_lr_is_the_transformers_not_the_backbones():
+    """RT-DETR's groups put the backbone first; ``lr`` in metrics.jsonl and the progress bar is ``cfg.lr``'s."""
+    from minidetr.models import build_model
+    from minidetr.train import get_preset
+    from minidetr.train.engine import base_lr
+    from minidetr.train.optim import build_optimizer
+
+    for preset in ("deim_shapes", "detr_tiny"):  # RT-DETR's three groups, DETR's two
+        cfg = get_preset(preset)
+        cfg.lr, cfg.lr_backbone = 3e-4, 3e-5
+        optimizer = build_optimizer(cfg, build_model(cfg.model))
+        assert {g["lr"] for g in optimizer.param_groups} == {3e-4, 3e-5} and base_lr(optimizer) == 3e-4, preset
+
+
+def test_before_distributed_starts_only_torchruns_rank_0_prints(capsys, monkeypatch):
+    """The CLI prints its notes (--total-batch, --epochs) before torch.distributed starts: once, not once per rank."""
+    from minidetr.distributed import is_main_process
+    from minidetr.train.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, prints in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert is_main_process() is prints
+        config_from_args(parser.parse_args(["--total-batch", "8", "--epochs", "3"]), parser)
+        out = capsys.readouterr().out
+        assert ("total batch 8 = 2 x 4" in out and "3 epochs instead" in out) is prints, (rank, out)
+
+
+def test_every_training_command_in_the_readme_parses(monkeypatch, capsys):
+    """The README's ``python -m minidetr.train`` and ``torchrun ... -m minidetr.train`` lines are real commands: each
+    one parses into a valid config, with the WORLD_SIZE its torchrun line would set."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from minidetr.train.cli import build_parser, config_from_args
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    commands = [line for line in lines if re.match(r"(python -m|torchrun .*-m) minidetr\.train\b", line)]
+    assert len(commands) >= 10, commands
+    for line in commands:
+        words = shlex.split(line)
+        start = words.index("minidetr.train") + 1
+        if "--resume" in words or "--list-presets" in words:
+            continue  # needs a checkpoint file / prints and exits
+        nproc = re.search(r"--nproc_per_node=(\d+)", line)
+        monkeypatch.setenv("WORLD_SIZE", nproc.group(1) if nproc else "1")
+        parser = build_parser()
+        cfg = config_from_args(parser.parse_args(words[start:]), parser)
+        assert cfg.batch_size > 0, line
+    capsys.readouterr()

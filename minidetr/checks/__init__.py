@@ -17,6 +17,7 @@ from .models import check_sine_position_encoding
 from .mosaic import check_mosaic_boxes
 from .o2m import check_topk_assign
 from .quality import check_mal_term, check_vfl_term
+from .scaling import check_ema_half_life, check_scale_total_batch
 
 __all__ = [
     "ExerciseNotImplemented",
@@ -39,4 +40,6 @@ __all__ = [
     "check_mosaic_boxes",
     "check_topk_assign",
     "check_ablation_arms",
+    "check_scale_total_batch",
+    "check_ema_half_life",
 ]

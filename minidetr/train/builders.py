@@ -21,6 +21,7 @@ import torch
 from ..criterion import SetCriterion
 from ..criterion_rtdetr import RTDETRCriterion
 from ..data import AugmentationPolicy, CocoDetection, Mosaic, build_transforms, check_same_categories, ensure_shapes
+from ..distributed import is_main_process
 from ..matching import HungarianMatcher
 from ..matching_o2m import OneToManyMatcher
 from .config import ConfigError, TrainConfig, resolve_loss
@@ -193,7 +194,8 @@ def mixed_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None,
     if amp not in ("bf16", "fp16"):
         raise ConfigError(f"amp={amp!r}: choose none, bf16 or fp16")
     if device.type != "cuda":
-        _log.warning("amp=%s applies on CUDA only: training in fp32 on %s", amp, device)
+        if is_main_process():  # once per run, not once per process
+            _log.warning("amp=%s applies on CUDA only: training in fp32 on %s", amp, device)
         return None, None
     if amp == "bf16":
         return torch.bfloat16, None

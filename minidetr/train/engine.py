@@ -79,6 +79,11 @@ def check_finite_weights(module: nn.Module, epoch: int, step: int, where: str = 
         raise NonFiniteWeightsError(epoch, step, where, bad)
 
 
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr of the transformer and heads (``cfg.lr`` times the schedule), not the backbone's: what ``lr`` logs."""
+    return next(g["lr"] for g in optimizer.param_groups if g.get("name") != "backbone")
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -164,13 +169,13 @@ def train_one_epoch(
             window[k] += v
         n_epoch += 1
         n_window += 1
-        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{base_lr(optimizer):.2e}")
         if logger is not None and step % log_every == 0:
             logger.log(
                 "train",
                 step=step,
                 epoch=epoch,
-                lr=optimizer.param_groups[0]["lr"],
+                lr=base_lr(optimizer),
                 **{k: v / n_window for k, v in window.items()},
                 images_over_queries=over_window,
             )

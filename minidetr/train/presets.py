@@ -173,7 +173,8 @@ def _rtdetr_r50_common(cfg: TrainConfig) -> TrainConfig:
 def deim_r50() -> TrainConfig:
     """DEIM-RT-DETRv2-R50 on COCO, the official 60-epoch recipe with Dense O2O (paper: 54.3 AP)."""
     # Launch: torchrun --nproc_per_node=8 -m minidetr.train --preset deim_r50 --data /path/to/coco
-    #   add --set model.pretrained_backbone=true model.backbone_weights=/path/ResNet50_vd_ssld_v2_pretrained.pth
+    #   add --set model.pretrained_backbone=true
+    #   model.backbone_weights=/path/ResNet50_vd_ssld_v2_pretrained_from_paddle.pth
     #   (the paper's AP needs those weights; from scratch it will fall far short).
     # Batch arithmetic: 2 images/GPU x 8 GPUs = 16 images/step (official total); 118,287 // 16 = 7,392 steps/epoch,
     #   60 epochs = 443,520 steps. Another total batch: --total-batch N scales lr, warm-ups and EMA (README, lesson 12).
