@@ -23,6 +23,7 @@ __all__ = [
     "generalized_box_iou",
     "paired_box_iou",
     "paired_generalized_box_iou",
+    "elementwise_generalized_box_iou",
     "batched_box_iou",
     "batched_generalized_box_iou",
 ]
@@ -116,6 +117,23 @@ def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     wh = (rb - lt).clamp(min=0)
     enclosing = wh[:, 0] * wh[:, 1]
     return iou - (enclosing - union) / enclosing
+
+
+def elementwise_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    """GIoU of broadcast pairs (xyxy, ``[..., 4]`` each, shapes broadcast) -> the broadcast shape without the 4.
+
+    torchvision's ``generalized_box_iou_loss`` is ``1 -`` this, bit for bit (same ``eps``, same order of operations);
+    this is about twice as fast on a matcher's ``[ΣT, Q]`` pairs (no masked writes, the target side not expanded).
+    Not checked for degenerate boxes: the matcher's predictions are cxcywh with w, h >= 0.
+    """
+    x1, y1, x2, y2 = boxes1.unbind(-1)
+    u1, v1, u2, v2 = boxes2.unbind(-1)
+    inter = (torch.minimum(x2, u2) - torch.maximum(x1, u1)).clamp_(min=0)
+    inter = inter.mul_((torch.minimum(y2, v2) - torch.maximum(y1, v1)).clamp_(min=0))
+    union = ((x2 - x1) * (y2 - y1) + (u2 - u1) * (v2 - v1)).sub_(inter)  # torchvision's order of operations
+    hull = (torch.maximum(x2, u2) - torch.minimum(x1, u1)).mul_(torch.maximum(y2, v2) - torch.minimum(y1, v1))
+    outside = (hull - union).div_(hull + eps)
+    return (inter / (union + eps)).sub_(outside)
 
 
 def _paired_iou_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss
 
-from .boxes import batched_generalized_box_iou, box_cxcywh_to_xyxy
+from .boxes import batched_generalized_box_iou, box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 
 __all__ = ["hungarian", "HungarianMatcher", "SOLVERS"]
 
@@ -201,10 +200,15 @@ class HungarianMatcher(nn.Module):
         logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K[+1]), (B, Q, 4)
         image, labels, boxes, boxes_xyxy = flat
         cost_class = self._class_cost(logits, lambda x: x.transpose(1, 2)[image, labels])  # (ΣT, Q)
-        cost_bbox = (pred_boxes[image] - boxes[:, None, :]).abs().sum(-1)
+        # L1 over the 4 coordinates, one [ΣT, Q] plane at a time (no [ΣT, Q, 4] difference tensor)
+        pred, target = pred_boxes[image].unbind(-1), boxes.unbind(-1)
+        cost = (pred[0] - target[0][:, None]).abs_()
+        for p, t in zip(pred[1:], target[1:], strict=True):
+            cost.add_((p - t[:, None]).abs_())
         pred_xyxy = box_cxcywh_to_xyxy(pred_boxes)[image]  # converted before the gather: B*Q boxes, not ΣT*Q
-        cost_giou = generalized_box_iou_loss(pred_xyxy, boxes_xyxy[:, None, :].expand_as(pred_xyxy)) - 1  # -GIoU
-        return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        giou = elementwise_generalized_box_iou(pred_xyxy, boxes_xyxy[:, None, :])
+        # cost_bbox * L1 + cost_class * C_cls - cost_giou * GIoU, in place
+        return cost.mul_(self.cost_bbox).add_(cost_class, alpha=self.cost_class).add_(giou, alpha=-self.cost_giou)
 
     @torch.no_grad()
     def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
@@ -238,8 +242,7 @@ class HungarianMatcher(nn.Module):
         # One device-to-host copy for everything; NaN/inf would make any solver fail or lie.
         cost = torch.cat(costs, 1)
         cost = cost if cost.dtype == torch.float64 else cost.float()  # fp32 over the wire; fp64 kept for fp64 runs
-        cost = torch.nan_to_num(cost, nan=1e8, posinf=1e8, neginf=-1e8)
-        cost = cost.cpu().double().numpy()
+        cost = torch.nan_to_num_(cost, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()  # scipy solves in float64
         solve = SOLVERS[self.solver]
         results, start = [], 0
         for n_queries in splits:

@@ -73,3 +73,22 @@ def test_giou_gradient_is_finite_for_disjoint_boxes():
     b = torch.tensor([[3.0, 3.0, 4.0, 4.0]])
     (1 - boxes.paired_generalized_box_iou(a, b)).sum().backward()
     assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0  # GIoU still pulls disjoint boxes together
+
+
+def test_elementwise_giou_is_torchvisions_loss_bit_for_bit():
+    """``1 - elementwise_generalized_box_iou`` equals torchvision's ``generalized_box_iou_loss`` exactly, on a
+    matcher's broadcast pairs (either side the small one), identical boxes and zero-size boxes, fp32 and fp64."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    from minidetr.boxes import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        a = box_cxcywh_to_xyxy(torch.rand(64, 50, 4, generator=g, dtype=dtype))  # [ΣT, Q] predictions
+        b = box_cxcywh_to_xyxy(torch.rand(64, 1, 4, generator=g, dtype=dtype))  # one target per row
+        b[:5] = a[:5, :1]  # a prediction equal to its target: GIoU 1
+        a[0, :10, 2:] = a[0, :10, :2]  # zero-size predictions
+        loss = generalized_box_iou_loss(a, b.expand_as(a))
+        assert torch.equal(1 - elementwise_generalized_box_iou(a, b), loss)
+        assert torch.equal(1 - elementwise_generalized_box_iou(b, a), loss)
+        assert torch.allclose(elementwise_generalized_box_iou(a, b)[1:5, 0], torch.ones(4, dtype=dtype), atol=1e-5)
