@@ -112,3 +112,23 @@ def test_train_cli_on_cuda_with_mixed_precision(amp, tmp_path):
     assert 0 <= stats["AP"] <= 1
     ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert ("scaler" in ckpt) == (amp == "fp16") and "ema" in ckpt
+
+
+def test_channels_last_trains_the_same_run_to_float_rounding(tmp_path):
+    """``channels_last=true`` only changes the memory layout of the convolutions: the same seed gives the same
+    losses (to float rounding: NHWC kernels sum in another order), and the checkpoint loads into a plain model."""
+    from minidetr.models import build_model
+
+    runs = {}
+    for layout in ("false", "true"):
+        out = tmp_path / layout
+        main(["--preset", "deim_shapes", "--set", *TINY, f"channels_last={layout}", "--output", str(out),
+              "--no-progress", "--device", "cpu"])  # fmt: skip
+        runs[layout] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = {k: [r["loss"] for r in v if r["kind"] == "train"] for k, v in runs.items()}
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+    state = torch.load(tmp_path / "true" / "checkpoint.pth", weights_only=True)["model"]
+    assert any(v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous()
+               for v in state.values())  # fmt: skip
+    cfg = config_from_dict(json.loads((tmp_path / "true" / "config.json").read_text()))
+    build_model(cfg.model).load_state_dict(state)  # an NCHW model takes the NHWC weights

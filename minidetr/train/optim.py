@@ -189,12 +189,14 @@ class FlatCosine:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.AdamW:
-    """AdamW over DETR's two groups, or (``param_groups="rtdetr"``) RT-DETR's three."""
+    """AdamW over DETR's two groups, or (``param_groups="rtdetr"``) RT-DETR's three; fused on CPU and CUDA."""
     if cfg.param_groups == "rtdetr":
         groups = rtdetr_param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
     else:
         groups = param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the fused kernel (one pass over all parameters) where torch has one: CUDA and CPU; ~4x faster than the loop
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]) or None
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def build_lr_schedule(cfg: TrainConfig, steps_per_epoch: int):

@@ -110,7 +110,7 @@ def fit(
     multiscale = MultiScaleCollate(cfg.data.multiscale_sizes, cfg.data.stop_epoch, policy)  # + DEIM's mixup
     train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, shard, multiscale)
     val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed, shard)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
     criterion = build_criterion(cfg).to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_schedule(cfg, len(train_loader)))
