@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(body)
     if args.write:
-        write_section(f"step_vs_reference_{args.preset}", body)
+        suffix = "".join("_" + re.sub(r"\W+", "_", item) for item in args.set)
+        write_section(f"step_vs_reference_{args.preset}{suffix}", body)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,15 @@ import torch
 from minidetr import PostProcess
 from minidetr.data import build_dataloader, ensure_shapes, set_epoch
 from minidetr.data.loader import MultiScaleCollate
-from minidetr.models import build_model
 from minidetr.train import apply_overrides, build_criterion, build_datasets, get_preset
-from minidetr.train.builders import DataPaths, build_policy, mixed_precision, resolve_device, seed_everything
+from minidetr.train.builders import (
+    DataPaths,
+    build_policy,
+    build_train_model,
+    mixed_precision,
+    resolve_device,
+    seed_everything,
+)
 from minidetr.train.config import resolve_loss
 from minidetr.train.ema import ModelEMA
 from minidetr.train.engine import move_targets
@@ -82,7 +88,7 @@ def sync(device: torch.device) -> None:
 def measure(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     cfg, loader, policy = build(args)
-    model = build_model(cfg.model).to(device)
+    model = build_train_model(cfg, device)  # as fit() builds it (channels_last included)
     criterion = build_criterion(cfg).to(device)
     optimizer = build_optimizer(cfg, model)
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmups) if cfg.ema else None

@@ -121,3 +121,14 @@ def test_matching_cost_arms_reach_the_same_optimum_and_report_ratios(capsys):
     bench.main(["--batch-size", "4", "--queries", "50", "--classes", "5", "--outputs", "2", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "| COCO-like |" in out and "| mosaic (4 draws) |" in out and "official / pairs" in out
+
+
+def test_step_vs_reference_reads_a_checkouts_step_table():
+    """One side of benchmarks/step_vs_reference.py, run on this checkout: a fresh process that imports this
+    checkout's minidetr, and its phase table read back."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import step_vs_reference as bench
+
+    phases = bench.run_side(ROOT, ["--steps", "2", "--warmup", "1"], ["data.image_size=64", "batch_size=4"])
+    assert {"data", "forward", "backward", "optimizer", "ema", "step"} <= set(phases)
+    assert phases["step"] >= phases["forward"] > 0

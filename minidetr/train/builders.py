@@ -24,6 +24,7 @@ from ..data import AugmentationPolicy, CocoDetection, Mosaic, build_transforms, 
 from ..distributed import is_main_process
 from ..matching import HungarianMatcher
 from ..matching_o2m import OneToManyMatcher
+from ..models import build_model
 from .config import ConfigError, TrainConfig, resolve_loss
 
 _log = logging.getLogger("minidetr.train")
@@ -36,6 +37,7 @@ __all__ = [
     "build_policy",
     "build_datasets",
     "build_criterion",
+    "build_train_model",
     "mixed_precision",
 ]
 
@@ -181,6 +183,11 @@ def build_criterion(cfg: TrainConfig) -> SetCriterion:
     return SetCriterion(
         cfg.model.num_classes, matcher, weights, eos_coef=cfg.eos_coef, num_aux_layers=num_aux, **common
     )
+
+
+def build_train_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """``cfg.model`` on ``device``; with ``cfg.channels_last`` its weights NHWC (so every convolution runs NHWC)."""
+    return build_model(cfg.model).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
 
 
 def mixed_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:

@@ -35,12 +35,12 @@ from ..checkpoint import (
 from ..data import MultiScaleCollate, build_dataloader, set_epoch
 from ..distributed import all_gather_objects, init_distributed, is_main_process, wrap_model
 from ..evaluation import CocoEvaluator, PostProcess, format_table
-from ..models import build_model
 from . import engine
 from .builders import (
     build_criterion,
     build_datasets,
     build_policy,
+    build_train_model,
     mixed_precision,
     resolve_data,
     resolve_device,
@@ -110,7 +110,7 @@ def fit(
     multiscale = MultiScaleCollate(cfg.data.multiscale_sizes, cfg.data.stop_epoch, policy)  # + DEIM's mixup
     train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, shard, multiscale)
     val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed, shard)
-    model = build_model(cfg.model).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+    model = build_train_model(cfg, device)
     criterion = build_criterion(cfg).to(device)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_schedule(cfg, len(train_loader)))
