@@ -125,3 +125,34 @@ def test_multiscale_collate_draws_a_side_per_batch_until_stop_epoch(tmp_path):
     assert {images.shape[-1] for images, _ in loader} == {64}
     collate.set_epoch(0)
     assert {images.shape[-1] for _ in range(5) for images, _ in loader} != {64}
+
+
+def test_iou_crop_gives_torchvisions_crops_for_the_same_random_stream():
+    """``minidetr.data.iou_crop.RandomIoUCrop`` against ``torchvision.transforms.v2.RandomIoUCrop``: seeded alike,
+    the same crop (or none) and the same boxes inside it, and the same random numbers used (the next draw agrees),
+    on images of many sizes with small, large, many or no boxes."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from minidetr.data.iou_crop import RandomIoUCrop
+
+    ours, reference = RandomIoUCrop(), v2.RandomIoUCrop()
+    crops = 0
+    for seed in range(400):
+        g = torch.Generator().manual_seed(seed)
+        h, w = (int(v) for v in torch.randint(64, 400, (2,), generator=g))
+        n = int(torch.randint(0, 12, (1,), generator=g)) if seed % 50 else 0
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) * 0.9
+        wh = torch.rand(n, 2, generator=g) * torch.tensor([w, h]) * (0.05 if seed % 3 else 0.5) + 1
+        boxes = tv_tensors.BoundingBoxes(torch.cat([xy, xy + wh], 1), format="XYXY", canvas_size=(h, w))
+        flat = [tv_tensors.Image(torch.zeros(3, h, w, dtype=torch.uint8)), boxes]
+        results = []
+        for crop in (reference, ours):
+            torch.manual_seed(seed)
+            results.append((crop.make_params(flat), torch.rand(1)))
+        (want, after_want), (got, after_got) = results
+        assert want.keys() == got.keys() and torch.equal(after_want, after_got), seed
+        for key, value in want.items():
+            assert torch.equal(value, got[key]) if torch.is_tensor(value) else value == got[key], (seed, key)
+        crops += bool(want)
+    assert 200 < crops < 400  # both outcomes occur: a crop, and "leave as is"
