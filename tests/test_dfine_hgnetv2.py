@@ -62,7 +62,7 @@ def test_the_released_files_key_names_load_and_a_wrong_file_is_refused(tmp_path)
             torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="is not an HGNetv2-B1 state dict.*PPHGNetV2_B4_stage1.pth"):
         HGNetv2("B1", weights=tmp_path / "PPHGNetV2_B0_stage1.pth")
-    with pytest.raises(FileNotFoundError, match="do not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist; give the local PPHGNetV2_B0_stage1.pth"):
         HGNetv2("B0", weights=tmp_path / "missing.pth")
 
 

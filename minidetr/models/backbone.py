@@ -19,7 +19,15 @@ from torch import Tensor, nn
 from torchvision import models
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["TinyBackbone", "ResNetBackbone", "build_backbone", "load_imagenet_state_dict"]
+__all__ = [
+    "TinyBackbone",
+    "ResNetBackbone",
+    "build_backbone",
+    "freeze_batch_norm",
+    "load_backbone_state",
+    "load_imagenet_state_dict",
+    "weights_mismatch",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,7 +111,11 @@ class ResNetBackbone(nn.Module):
         build, _, channels = _RESNETS[name]
         net = build(weights=None, norm_layer=FrozenBatchNorm2d)
         if weights is not None:
-            state = load_imagenet_state_dict(name) if weights == "imagenet" else _load_local(weights, name)
+            state = (
+                load_imagenet_state_dict(name)
+                if weights == "imagenet"
+                else load_backbone_state(weights, f"a {name} state-dict file")
+            )
             try:
                 missing, unexpected = net.load_state_dict(state, strict=False)
             except RuntimeError as err:  # shape mismatch: most likely the weights of another network
@@ -130,14 +142,41 @@ class ResNetBackbone(nn.Module):
         return self.body((images - self.mean) / self.std)
 
 
-def _load_local(path: str | os.PathLike, name: str) -> dict[str, Tensor]:
+def load_backbone_state(path: str | os.PathLike, what: str = "a local state-dict file") -> dict[str, Tensor]:
+    """A state dict from a local file: a plain state dict, or a checkpoint holding one under "model"/"state_dict".
+    ``what`` names the file the error asks for when there is none."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"backbone_weights={str(path)!r} does not exist; give a {name} state-dict file")
+        raise FileNotFoundError(f"backbone_weights={str(path)!r} does not exist; give {what}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a training checkpoint that wraps the weights
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
     return state
+
+
+def weights_mismatch(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, other shape)`` keys of ``state`` against ``model``'s; BatchNorm step counters
+    (``num_batches_tracked``) may be missing, as released backbone files often leave them out."""
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in ours]
+    other = [k for k, v in state.items() if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
+    return missing, unexpected, other
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d inside ``module`` by a FrozenBatchNorm2d with the same statistics."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(frozen, name).copy_(getattr(module, name).detach())
+        return frozen
+    for name, child in module.named_children():
+        new = freeze_batch_norm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
 
 
 def build_backbone(

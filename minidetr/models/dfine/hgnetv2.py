@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..backbone import freeze_batch_norm, load_backbone_state, weights_mismatch
 
 __all__ = ["HGNetv2", "HGNETV2_VARIANTS"]
 
@@ -167,7 +167,7 @@ class HGNetv2(nn.Module):
             for module in frozen:
                 module.requires_grad_(False)
         if freeze_norm:
-            _freeze_batchnorm(self)
+            freeze_batch_norm(self)
         if weights is not None:
             _load_weights(self, weights, name)
 
@@ -180,35 +180,15 @@ class HGNetv2(nn.Module):
         return outs
 
 
-def _freeze_batchnorm(module: nn.Module) -> None:
-    """Every BatchNorm2d below ``module`` replaced by a FrozenBatchNorm2d holding its statistics and affine."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            for key in ("weight", "bias", "running_mean", "running_var"):
-                getattr(frozen, key).copy_(getattr(child, key).detach())
-            setattr(module, name, frozen)
-        else:
-            _freeze_batchnorm(child)
-
-
 def _load_weights(model: nn.Module, path: str | os.PathLike, name: str) -> None:
     """The official file into ``model``, strictly: every key must match, except the BatchNorm step counters
     (``num_batches_tracked``) the released files do not hold (they were saved from frozen BatchNorms)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"HGNetv2 weights {str(path)!r} do not exist (PPHGNetV2_{name}_stage1.pth, local)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    ours = model.state_dict()
-    wrong = [k for k, v in state.items() if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
-    missing = [k for k in ours if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in ours]
+    state = load_backbone_state(path, f"the local PPHGNetV2_{name}_stage1.pth")
+    missing, unexpected, wrong = weights_mismatch(model, state)
     if missing or unexpected or wrong:
         raise ValueError(
             f"{path} is not an HGNetv2-{name} state dict: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]});"
-            " the released file for D-FINE-L is "
-            "PPHGNetV2_B4_stage1.pth, for D-FINE-X PPHGNetV2_B5_stage1.pth"
+            " the released file for D-FINE-L is PPHGNetV2_B4_stage1.pth, for D-FINE-X PPHGNetV2_B5_stage1.pth"
         )
     model.load_state_dict(state, strict=False)  # only the step counters are left out

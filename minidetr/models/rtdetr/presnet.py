@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..backbone import IMAGENET_MEAN, IMAGENET_STD, load_imagenet_state_dict
+from ..backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    freeze_batch_norm,
+    load_backbone_state,
+    load_imagenet_state_dict,
+    weights_mismatch,
+)
 from ..layers import ConvNormLayer
 
 __all__ = ["PResNet", "TorchvisionResNet", "freeze_batch_norm", "load_backbone_state"]
@@ -88,32 +93,6 @@ class Blocks(nn.Module):
         return x
 
 
-def freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d inside ``module`` by a FrozenBatchNorm2d with the same statistics."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(frozen, name).copy_(getattr(module, name).detach())
-        return frozen
-    for name, child in module.named_children():
-        new = freeze_batch_norm(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
-
-
-def load_backbone_state(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict from a local file: a plain state dict, or a checkpoint holding one under "model"/"state_dict"."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone_weights={str(path)!r} does not exist; give a local state-dict file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
-
-
 class PResNet(nn.Module):
     """ResNet-vd of depth 18/34/50/101 returning C3, C4, C5 (strides 8, 16, 32).
 
@@ -149,13 +128,13 @@ class PResNet(nn.Module):
         self.out_strides = [8, 16, 32]
         if weights is not None:
             state = load_backbone_state(weights)
-            missing, unexpected = self.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-            if missing or unexpected:
+            missing, unexpected, other = weights_mismatch(self, state)
+            if missing or unexpected or other:
                 raise RuntimeError(
                     f"backbone weights {weights} do not fit PResNet{depth}-vd (official key names expected): "
-                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}, another shape {other[:5]}"
                 )
+            self.load_state_dict(state, strict=False)  # only the BatchNorm step counters may be left out
         if freeze_norm:  # after loading, so the frozen buffers hold the loaded statistics
             freeze_batch_norm(self)
         if freeze_at >= 0:
