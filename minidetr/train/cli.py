@@ -128,10 +128,10 @@ def config_from_args(args, parser) -> TrainConfig:
             setattr(cfg, key, getattr(args, flag))
     if args.compile:
         cfg.compile = True
-    _apply_total_batch(cfg, args, parser)
+    keep = {item.split("=", 1)[0].strip() for item in args.overrides}  # values the user set: never rescaled
+    _apply_total_batch(cfg, args, parser, keep | ({"lr"} if args.lr is not None else set()))
     if not args.resume and cfg.epochs != preset_epochs:  # a new run of another length: the recipe stretched
         epochs, cfg.epochs = cfg.epochs, preset_epochs
-        keep = {item.split("=", 1)[0].strip() for item in args.overrides}
         changes = scale_epoch_schedule(cfg, epochs, keep)
         if changes and is_main_process():
             print(
@@ -143,7 +143,7 @@ def config_from_args(args, parser) -> TrainConfig:
     return cfg.validate()
 
 
-def _apply_total_batch(cfg: TrainConfig, args, parser) -> None:
+def _apply_total_batch(cfg: TrainConfig, args, parser, keep: set[str]) -> None:
     """``--total-batch N``: the batch shared out and the recipe scaled; without it, a note when the run's total batch
     is not the one the recipe was tuned for (say on 4 GPUs with a preset written for 8)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -151,7 +151,6 @@ def _apply_total_batch(cfg: TrainConfig, args, parser) -> None:
     if args.total_batch is not None:
         if args.batch_size is not None:
             parser.error("give either --batch-size (per process) or --total-batch (all processes), not both")
-        keep = {item.split("=", 1)[0].strip() for item in args.overrides} | ({"lr"} if args.lr is not None else set())
         changes = scale_total_batch(cfg, args.total_batch, world, keep)
         if is_main_process():
             k = args.total_batch / (recipe or args.total_batch)
