@@ -53,7 +53,7 @@ def integral(corners: Tensor, project: Tensor) -> Tensor:
 def distance_to_box(points: Tensor, distance: Tensor, reg_scale: Tensor | float) -> Tensor:
     """Boxes ``[..., 4]`` cxcywh from reference boxes ``points`` (cxcywh) and edge offsets ``distance`` (left, top,
     right, bottom, in W's units): each edge ``(reg_scale / 2 + d) * size / reg_scale`` from the centre."""
-    c = abs(reg_scale) if isinstance(reg_scale, float) else reg_scale.abs()
+    c = abs(reg_scale)  # a float or a one-element tensor (the official models keep it as a parameter)
     cx, cy, w, h = points.unbind(-1)
     left, top, right, bottom = distance.unbind(-1)
     x0 = cx - (0.5 * c + left) * (w / c)
@@ -71,7 +71,7 @@ def box_to_distance(
     between bins ``i`` and ``i + 1``, clamped to ``[0, reg_max - eps]``), and the weights of bins ``i + 1`` and
     ``i`` (they sum to 1; ``W(i) w_left + W(i + 1) w_right`` is the distance). Edges beyond W's range go wholly to
     the end bin."""
-    c = abs(reg_scale) if isinstance(reg_scale, float) else reg_scale.abs()
+    c = abs(reg_scale)  # a float or a one-element tensor (the official models keep it as a parameter)
     cx, cy, w, h = points.unbind(-1)
     x0, y0, x1, y1 = boxes_xyxy.unbind(-1)
     scale_x, scale_y = w / c + 1e-16, h / c + 1e-16
