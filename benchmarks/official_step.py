@@ -29,15 +29,13 @@ from pathlib import Path
 
 import torch
 
-from minidetr.data import build_dataloader, ensure_shapes, set_epoch
-from minidetr.data.loader import MultiScaleCollate
-from minidetr.train import build_criterion, build_datasets, get_preset
-from minidetr.train.builders import DataPaths, build_policy, build_train_model, seed_everything
-from minidetr.train.config import resolve_loss
+from minidetr.train import build_criterion, get_preset
+from minidetr.train.builders import build_train_model, seed_everything
 from minidetr.train.ema import ModelEMA
 from minidetr.train.optim import build_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
+import train_throughput  # noqa: E402
 from bench_default_preset import _cpu_name, _load  # noqa: E402
 from results import write_section  # noqa: E402
 
@@ -114,14 +112,8 @@ def minidetr_side(cfg, device):
         ModelEMA(model, cfg.ema_decay, cfg.ema_warmups)  # fmt: skip
 
 
-def batches(cfg, count: int, device):
-    """``count`` training batches of the shapes in a Dense O2O epoch (mosaic and mixup on), made once."""
-    paths = ensure_shapes(num_train=max(200, count * cfg.batch_size), num_val=8, image_size=cfg.data.image_size)
-    cfg.data.shapes_num_train = max(200, count * cfg.batch_size)
-    train_set, _ = build_datasets(cfg, DataPaths(paths.train_images, paths.train_ann, paths.val_images, paths.val_ann))
-    policy = build_policy(cfg)
-    loader = build_dataloader(train_set, cfg.batch_size, True, 0, 0, False, MultiScaleCollate([], None, policy))
-    set_epoch(loader, cfg.data.policy_epochs[0] if cfg.data.policy_epochs else 0)
+def batches(loader, count: int, device) -> list:
+    """The first ``count`` batches of ``loader``, on ``device``, made once for both sides."""
     out = []
     for images, targets in loader:
         out.append((images.to(device), [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device)}
@@ -169,18 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     mods = import_official(args.official)
-    cfg = resolve_loss(get_preset("deim_shapes" if args.size == "tiny" else "deim_r50"))
-    if args.size == "tiny":
-        from minidetr.train import apply_overrides
-
-        apply_overrides(cfg, TINY)
-    else:  # deim_r50 on the synthetic shapes in COCO format at 640 px, 4 classes
-        cfg.data.source, cfg.data.image_size, cfg.model.num_classes, cfg.data.mosaic_size = "shapes", 640, 4, 320
-    cfg.model.num_classes = 4
-    cfg.batch_size = args.batch_size or cfg.batch_size * (1 if args.size == "tiny" else 8)
+    preset = "deim_shapes" if args.size == "tiny" else "deim_r50"
+    # deim_r50 on the synthetic shapes in COCO format at its fixed 640 px; both at the recipes' 16 images per step
+    overrides = TINY if args.size == "tiny" else ["data.multiscale_sizes=[]"]
+    build_args = argparse.Namespace(preset=preset, batch_size=args.batch_size or get_preset(preset).recipe_total_batch,
+                                    steps=args.steps, warmup=args.warmup, set=overrides, epoch=None)  # fmt: skip
+    cfg, loader, _ = train_throughput.build(build_args)  # train_throughput's loader, in a Dense O2O epoch
     size = cfg.data.image_size
-    seed_everything(0)
-    data = batches(cfg, args.steps + args.warmup, device)
+    data = batches(loader, args.steps + args.warmup, device)
     seed_everything(0)
     sides = {"official": official_side(mods, cfg, size, device), "minidetr": minidetr_side(cfg, device)}
     counts = {k: sum(p.numel() for p in s[0].parameters()) for k, s in sides.items()}
