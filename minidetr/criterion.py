@@ -44,6 +44,7 @@ __all__ = [
     "LOSS_RECIPES",
     "SetCriterion",
     "box_losses",
+    "flatten_matches",
     "num_boxes_across_processes",
     "num_pairs_across_processes",
 ]
@@ -101,6 +102,19 @@ def box_losses(pred_boxes: Tensor, target_boxes: Tensor, num_boxes: float) -> di
     loss_bbox = F.l1_loss(pred_boxes, target_boxes, reduction="none").sum() / num_boxes
     giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes))
     return {"loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
+
+
+def flatten_matches(
+    indices: list[tuple[Tensor, Tensor]], targets: list[dict[str, Tensor]], like: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The matches of a batch as flat tensors on ``like``'s device: ``(batch_idx, query_idx, labels, boxes)``, one
+    entry per pair (matched query ``query_idx[n]`` of image ``batch_idx[n]`` answers ``labels[n]``, ``boxes[n]``)."""
+    batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(like.device)
+    query_idx = torch.cat([q for q, _ in indices]).to(like.device)
+    pairs = list(zip(targets, indices, strict=True))
+    labels = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in pairs]).to(like.device)
+    boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in pairs]).to(like)
+    return batch_idx, query_idx, labels, boxes
 
 
 def num_boxes_across_processes(targets: list[dict[str, Tensor]], device: torch.device) -> float:
@@ -242,24 +256,25 @@ class SetCriterion(nn.Module):
         targets: list[dict[str, Tensor]],
         num_boxes: float,
         indices: list[tuple[Tensor, Tensor]] | None = None,
+        box_indices: list[tuple[Tensor, Tensor]] | None = None,
+        box_num_boxes: float | None = None,
     ) -> dict[str, Tensor]:
         """The three losses of one decoder layer's predictions, sums divided by ``num_boxes``; ``indices`` (B pairs
         ``(query_idx, target_idx)``) skip the matcher: precomputed matches (``match_layers``) or fixed ones
-        (denoising)."""
+        (denoising). ``box_indices`` / ``box_num_boxes``, when given, are the pairs and the divisor of the two box
+        losses (D-FINE's union of every layer's matches); the class loss keeps ``indices``."""
         logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K[+1]), (B, Q, 4)
         self._check_logits(logits)
         if indices is None:
             indices = self.matcher({"pred_logits": logits, "pred_boxes": pred_boxes}, targets)
-        # Flatten the matches of the batch: matched query q of image b predicts target boxes[b][t].
-        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(logits.device)
-        query_idx = torch.cat([q for q, _ in indices]).to(logits.device)
-        pairs = list(zip(targets, indices, strict=True))
-        matched_labels = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in pairs])
-        matched_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in pairs])
-        matched_labels, matched_boxes = matched_labels.to(logits.device), matched_boxes.to(pred_boxes)
+        batch_idx, query_idx, matched_labels, matched_boxes = flatten_matches(indices, targets, pred_boxes)
         src_boxes = pred_boxes[batch_idx, query_idx]  # (N, 4), N matched pairs in the batch
 
-        losses = box_losses(src_boxes, matched_boxes, num_boxes)
+        if box_indices is None:
+            losses = box_losses(src_boxes, matched_boxes, num_boxes)
+        else:
+            b_idx, q_idx, _, b_boxes = flatten_matches(box_indices, targets, pred_boxes)
+            losses = box_losses(pred_boxes[b_idx, q_idx], b_boxes, box_num_boxes or num_boxes)
         if self.loss_class == "ce":
             target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
             target_classes[batch_idx, query_idx] = matched_labels

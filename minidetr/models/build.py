@@ -1,7 +1,8 @@
 """``build_model``: one entry point for both model families, and the one table of model presets.
 
 A model config says which family it belongs to (``cfg.family``: ``"detr"`` for ``DETRConfig``,
-``"rtdetr"`` for ``RTDETRConfig``, RT-DETRv2 and DEIM), and this module is where that is looked at:
+``"rtdetr"`` for ``RTDETRConfig``, RT-DETRv2 and DEIM; ``"dfine"`` for ``DFINEConfig``, D-FINE and DEIM-D-FINE),
+and this module is where that is looked at:
 ``build_model`` picks the family's builder, ``model_config_from_dict`` the family's config class. Code
 elsewhere reads the family's traits from the config (``cfg.sigmoid_head``) instead of testing its type.
 
@@ -19,18 +20,20 @@ from typing import Any
 from torch import nn
 
 from .detr import DETRConfig, build_detr, detr_r50, detr_shapes, detr_tiny
+from .dfine.model import DFINEConfig, build_dfine, deim_dfine_l, deim_dfine_shapes, deim_dfine_x, dfine_l, dfine_x
 from .rtdetr import RTDETRConfig, build_rtdetr, deim_r50, deim_shapes, rtdetr_shapes, rtdetrv2_r50
 
 __all__ = ["ModelConfig", "MODEL_PRESETS", "build_model", "get_model_preset", "model_config_from_dict"]
 
-ModelConfig = DETRConfig | RTDETRConfig  # the type of a model config of either family
+ModelConfig = DETRConfig | RTDETRConfig | DFINEConfig  # the type of a model config of any family
 
 _FAMILIES: dict[str, tuple[type, Callable[..., nn.Module]]] = {
     "detr": (DETRConfig, build_detr),
     "rtdetr": (RTDETRConfig, build_rtdetr),
+    "dfine": (DFINEConfig, build_dfine),
 }
 # The ``name`` field a saved config carries -> its family (RT-DETRv2 and DEIM share one architecture).
-_NAME_TO_FAMILY = {"detr": "detr", "rtdetrv2": "rtdetr", "deim": "rtdetr"}
+_NAME_TO_FAMILY = {"detr": "detr", "rtdetrv2": "rtdetr", "deim": "rtdetr", "dfine": "dfine", "deim_dfine": "dfine"}
 
 MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "detr_shapes": detr_shapes,
@@ -40,6 +43,11 @@ MODEL_PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "rtdetr_shapes": rtdetr_shapes,
     "deim_r50": deim_r50,
     "rtdetrv2_r50": rtdetrv2_r50,
+    "deim_dfine_shapes": deim_dfine_shapes,
+    "dfine_l": dfine_l,
+    "dfine_x": dfine_x,
+    "deim_dfine_l": deim_dfine_l,
+    "deim_dfine_x": deim_dfine_x,
 }
 
 
@@ -61,7 +69,9 @@ def build_model(cfg: ModelConfig | str, pretrained_backbone: bool | None = None)
         cfg = get_model_preset(cfg)
     family = getattr(type(cfg), "family", None)
     if family not in _FAMILIES:
-        raise TypeError(f"build_model takes a DETRConfig, an RTDETRConfig or a preset name, got {type(cfg).__name__}")
+        raise TypeError(
+            f"build_model takes a DETRConfig, an RTDETRConfig, a DFINEConfig or a preset name, got {type(cfg).__name__}"
+        )
     return _FAMILIES[family][1](cfg, pretrained_backbone)
 
 

@@ -37,11 +37,12 @@ class MLP(nn.Module):
 
 
 class ConvNormLayer(nn.Module):
-    """Conv (no bias) -> BatchNorm -> ``act`` (None: no activation); the padding keeps the size at stride 1."""
+    """Conv (no bias; ``groups`` = ``c_in`` makes it depthwise) -> BatchNorm -> ``act`` (None: no activation); the
+    padding keeps the size at stride 1."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, act: str | None = None):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, act: str | None = None, groups: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2, bias=False)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False)
         self.norm = nn.BatchNorm2d(c_out)
         self.act = _activation(act)
 

@@ -67,10 +67,13 @@ class MSDeformableAttention(nn.Module):
 
     Offsets are relative to the reference box: a point lands at ``ref_xy + offset / n_l * ref_wh * 0.5``,
     so an offset of ``n_l`` reaches the box edge and the initial points (at distance 1..n_l along each
-    head's direction) spread from the centre to the edge.
+    head's direction) spread from the centre to the edge. ``projections=False`` (D-FINE) drops the value and
+    output projections: the memory is sampled as it is and the heads' samples are returned concatenated.
     """
 
-    def __init__(self, dim: int = 256, num_heads: int = 8, num_points: Sequence[int] = (4, 4, 4)):
+    def __init__(
+        self, dim: int = 256, num_heads: int = 8, num_points: Sequence[int] = (4, 4, 4), projections: bool = True
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
@@ -78,8 +81,8 @@ class MSDeformableAttention(nn.Module):
         total = sum(self.num_points)
         self.sampling_offsets = nn.Linear(dim, num_heads * total * 2)
         self.attention_weights = nn.Linear(dim, num_heads * total)
-        self.value_proj = nn.Linear(dim, dim)
-        self.output_proj = nn.Linear(dim, dim)
+        self.value_proj = nn.Linear(dim, dim) if projections else nn.Identity()
+        self.output_proj = nn.Linear(dim, dim) if projections else nn.Identity()
         scale = torch.cat([torch.full((n,), 1.0 / n) for n in self.num_points])
         self.register_buffer("point_scale", scale[:, None], persistent=False)  # (P, 1): 1 / n_l per point
         self.reset_parameters()
@@ -97,8 +100,9 @@ class MSDeformableAttention(nn.Module):
         nn.init.zeros_(self.attention_weights.weight)  # uniform weights over the points at first
         nn.init.zeros_(self.attention_weights.bias)
         for proj in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(proj.weight)
-            nn.init.zeros_(proj.bias)
+            if isinstance(proj, nn.Linear):
+                nn.init.xavier_uniform_(proj.weight)
+                nn.init.zeros_(proj.bias)
 
     def forward(
         self,

@@ -8,7 +8,7 @@ Input: backbone maps ``[C3, C4, C5]``; output: three maps of D channels at strid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +85,13 @@ class CSPRepLayer(nn.Module):
 
 
 class HybridEncoder(nn.Module):
-    """Project each level to D channels, run AIFI on C5, then fuse top-down and bottom-up (CCFM)."""
+    """Project each level to D channels, run AIFI on C5, then fuse top-down and bottom-up (CCFM).
+
+    The fusion blocks are RT-DETR's unless given: ``fuse_block()`` builds one ``[2D] -> [D]`` fusion block
+    (default ``CSPRepLayer``), ``downsample()`` one stride-2 ``[D] -> [D]`` step of the bottom-up path (default a
+    3x3 ConvNormLayer with SiLU), ``lateral_act`` the activation of the top-down 1x1 convolutions. D-FINE's encoder
+    is this one with its own blocks (``minidetr.models.dfine.encoder``).
+    """
 
     def __init__(
         self,
@@ -97,20 +103,25 @@ class HybridEncoder(nn.Module):
         num_blocks: int = 3,
         expansion: float = 1.0,
         dropout: float = 0.0,
+        lateral_act: str | None = "silu",
+        fuse_block: Callable[[], nn.Module] | None = None,
+        downsample: Callable[[], nn.Module] | None = None,
     ):
         super().__init__()
         levels = len(in_channels)
+        fuse_block = fuse_block or (lambda: CSPRepLayer(2 * dim, dim, num_blocks, expansion))
+        downsample = downsample or (lambda: ConvNormLayer(dim, dim, 3, 2, act="silu"))
         self.dim = dim
         self.input_proj = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, dim, 1, bias=False), nn.BatchNorm2d(dim)) for c in in_channels
         )
         self.encoder = nn.ModuleList(AIFI(dim, num_heads, ffn_dim, dropout) for _ in range(num_encoder_layers))
         # Top-down (FPN): lateral 1x1 on the coarser map, upsample, concat with the finer map, fuse.
-        self.lateral_convs = nn.ModuleList(ConvNormLayer(dim, dim, 1, act="silu") for _ in range(levels - 1))
-        self.fpn_blocks = nn.ModuleList(CSPRepLayer(2 * dim, dim, num_blocks, expansion) for _ in range(levels - 1))
+        self.lateral_convs = nn.ModuleList(ConvNormLayer(dim, dim, 1, act=lateral_act) for _ in range(levels - 1))
+        self.fpn_blocks = nn.ModuleList(fuse_block() for _ in range(levels - 1))
         # Bottom-up (PAN): stride-2 3x3 conv on the finer output, concat with the coarser top-down map, fuse.
-        self.downsample_convs = nn.ModuleList(ConvNormLayer(dim, dim, 3, 2, act="silu") for _ in range(levels - 1))
-        self.pan_blocks = nn.ModuleList(CSPRepLayer(2 * dim, dim, num_blocks, expansion) for _ in range(levels - 1))
+        self.downsample_convs = nn.ModuleList(downsample() for _ in range(levels - 1))
+        self.pan_blocks = nn.ModuleList(fuse_block() for _ in range(levels - 1))
         self._pos_cache: dict[tuple, Tensor] = {}
 
     def position_embedding(self, height: int, width: int, like: Tensor) -> Tensor:
