@@ -8,7 +8,9 @@ A minidetr checkpoint holds its config, so the model is rebuilt from it and no p
 
 The released official DEIM / RT-DETRv2 COCO weights hold no minidetr config: name the preset they were
 trained as, e.g. ``--checkpoint deim_rtdetrv2_r50vd_60e_coco.pth --preset deim_r50`` (or ``rtdetrv2_r50``
-for ``rtdetrv2_r50vd_6x_coco_ema.pth``). Their 80 labels get the COCO class names of
+for ``rtdetrv2_r50vd_6x_coco_ema.pth``); the DEIM-D-FINE / D-FINE weights likewise, e.g.
+``--checkpoint deim_dfine_hgnetv2_l_coco_50e.pth --preset deim_dfine_l`` (``dfine_l`` for ``dfine_l_coco.pth``,
+and the ``_x`` presets for X). Their 80 labels get the COCO class names of
 ``minidetr.data.coco_names``; images are squashed to 640x640 and scaled to [0, 1] without mean/std, as the
 official inference does.
 
@@ -35,6 +37,7 @@ from .data.coco_names import COCO_CLASS_NAMES, COCO_ID_NAMES
 from .evaluation import PostProcess
 from .models import build_model
 from .models.detr import is_official_detr_state, load_official_detr_weights
+from .models.dfine import load_official_weights as load_official_dfine
 from .models.official import read_official_checkpoint
 from .models.rtdetr import load_official_weights
 from .train import TrainConfig, config_from_dict, get_preset
@@ -51,7 +54,8 @@ def load_model(
 ) -> tuple[nn.Module, TrainConfig, list[str]]:
     """``(model in eval mode, its TrainConfig, class names)`` from a minidetr training checkpoint (its EMA weights
     when it has them), or from an official checkpoint together with the ``preset`` it was trained as:
-    ``"deim_r50"`` / ``"rtdetrv2_r50"`` for DEIM / RT-DETRv2, ``"detr_r50"`` for DETR-R50 (built with the
+    ``"deim_r50"`` / ``"rtdetrv2_r50"`` for DEIM / RT-DETRv2, ``"deim_dfine_l"`` / ``"dfine_l"`` (and ``_x``) for
+    DEIM-D-FINE / D-FINE, ``"detr_r50"`` for DETR-R50 (built with the
     checkpoint's 91 classes; the names are then indexed by COCO category id)."""
     state = read_official_checkpoint(checkpoint)
     if "config" in state:
@@ -67,7 +71,8 @@ def load_model(
     if preset is None:
         raise ValueError(
             f"{str(checkpoint)!r} holds no minidetr config (an official checkpoint?): pass the preset it was "
-            f"trained as: --preset deim_r50 or rtdetrv2_r50 (DEIM / RT-DETRv2), --preset detr_r50 (DETR)"
+            f"trained as: --preset deim_r50 or rtdetrv2_r50 (DEIM / RT-DETRv2), deim_dfine_l, deim_dfine_x, dfine_l or "
+            f"dfine_x (DEIM-D-FINE / D-FINE), detr_r50 (DETR)"
         )
     cfg = get_preset(preset)
     if cfg.model.family == "detr":
@@ -76,7 +81,7 @@ def load_model(
         raise CheckpointError(f"{str(checkpoint)!r} is an official DETR checkpoint: use --preset detr_r50")
     model = build_model(cfg.model, pretrained_backbone=False)
     try:
-        load_official_weights(model, state)
+        (load_official_dfine if cfg.model.family == "dfine" else load_official_weights)(model, state)
     except CheckpointError as e:  # the loader saw a dict: put the file name in front
         raise CheckpointError(f"{str(checkpoint)!r}: {e}") from e
     k = cfg.model.num_classes
@@ -187,7 +192,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         "--checkpoint", required=True, metavar="CKPT", help="checkpoint.pth of a training run, or official weights"
     )
     parser.add_argument(
-        "--preset", help="for official weights: deim_r50 or rtdetrv2_r50 (DEIM / RT-DETRv2), detr_r50 (DETR)"
+        "--preset",
+        help="for official weights: deim_r50 or rtdetrv2_r50 (DEIM / RT-DETRv2), deim_dfine_l/x or dfine_l/x "
+        "(DEIM-D-FINE / D-FINE), detr_r50 (DETR)",
     )
     parser.add_argument(
         "--image-size",

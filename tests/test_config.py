@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from minidetr.models import DETRConfig
+from minidetr.models import DETRConfig, DFINEConfig
 from minidetr.models.rtdetr import RTDETRConfig
 from minidetr.train import (
     DEFAULT_PRESET,
@@ -24,7 +24,7 @@ from minidetr.train import (
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_valid_and_described(name):
     cfg = get_preset(name)
-    assert isinstance(cfg, TrainConfig) and isinstance(cfg.model, (DETRConfig, RTDETRConfig))
+    assert isinstance(cfg, TrainConfig) and isinstance(cfg.model, (DETRConfig, RTDETRConfig, DFINEConfig))
     assert cfg.preset == name
     if cfg.data.source == "coco":  # the COCO folder comes from --data at launch
         cfg.data.root = "/data/coco"
@@ -36,6 +36,7 @@ def test_every_preset_is_valid_and_described(name):
 
 def test_required_presets_exist_and_default_is_cpu_shapes():
     assert {"detr_shapes", "detr_r50", "deim_shapes", "rtdetr_shapes", "deim_r50", "rtdetrv2_r50"} <= set(PRESETS)
+    assert {"deim_dfine_shapes", "dfine_l", "dfine_x", "deim_dfine_l", "deim_dfine_x"} <= set(PRESETS)
     assert DEFAULT_PRESET == "deim_shapes"
     cfg = get_preset(DEFAULT_PRESET)
     assert cfg.data.source == "shapes" and not cfg.model.pretrained_backbone  # no download, CPU size

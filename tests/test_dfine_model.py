@@ -4,6 +4,8 @@ of the boxes, the criterion's losses and its union of matches, and the checkpoin
 The comparisons with the official code itself (same outputs, same losses) are in ``test_dfine_official.py``."""
 
 import itertools
+import json
+import re
 from collections import Counter
 
 import pytest
@@ -135,14 +137,16 @@ def test_union_of_matches_of_one_matching_is_that_matching():
     assert len(eq) == len(et) == 0
 
 
+def _official_name(k):
+    k = k.replace("encoder.encoder.0.", "encoder.encoder.0.layers.0.")
+    for level, part in itertools.product(range(3), ((".0.", ".conv."), (".1.", ".norm."))):
+        k = k.replace(f"encoder.input_proj.{level}{part[0]}", f"encoder.input_proj.{level}{part[1]}")
+    return k
+
+
 def _as_official(state):
     """minidetr's state dict with the official names and extra entries (what a released file holds)."""
-    out = {}
-    for k, v in state.items():
-        k = k.replace("encoder.encoder.0.", "encoder.encoder.0.layers.0.")
-        for level, part in itertools.product(range(3), ((".0.", ".conv."), (".1.", ".norm."))):
-            k = k.replace(f"encoder.input_proj.{level}{part[0]}", f"encoder.input_proj.{level}{part[1]}")
-        out[k] = v
+    out = {_official_name(k): v for k, v in state.items()}
     out["decoder.decoder.up"], out["decoder.decoder.reg_scale"] = state["decoder.up"], state["decoder.reg_scale"]
     out["decoder.anchors"], out["decoder.valid_mask"] = torch.zeros(1, 336, 4), torch.ones(1, 336, 1, dtype=bool)
     out["decoder.decoder.layers.0.cross_attn.num_points_scale"] = torch.ones(6)
@@ -167,7 +171,7 @@ def test_converter_loads_an_official_layout_and_says_what_does_not_fit(tiny):
     for make in (deim_dfine_l, dfine_l):  # D-FINE's frozen BatchNorms keep no step counters: the layouts differ
         with torch.device("meta"):
             large = build_dfine(make()).state_dict()
-        ckpt = _as_official({k: torch.empty(v.shape) for k, v in large.items()})
+        ckpt = _as_official({k: torch.zeros(v.shape) for k, v in large.items()})
         with pytest.raises(Exception, match=f"fits the preset '{make.__name__}'"):
             load_official_weights(fresh, {"model": ckpt})
 
@@ -177,3 +181,54 @@ def test_presets_differ_where_the_recipes_do():
         assert (d.freeze_at, d.freeze_norm, d.dec_act, d.mlp_act) == (0, True, "relu", "relu")
         assert (deim.freeze_at, deim.freeze_norm, deim.dec_act, deim.mlp_act) == (-1, False, "silu", "silu")
     assert (dfine_x().backbone, dfine_x().enc_dim, dfine_x().reg_scale) == ("B5", 384, 8.0)
+
+
+def test_train_cli_end_to_end_and_predict(tmp_path):
+    from minidetr.predict import load_model
+    from minidetr.train import main
+
+    tiny_run = ["epochs=1", "batch_size=4", "data.image_size=64", "data.shapes_num_train=8", "data.shapes_num_val=4",
+                "data.shapes_image_size=64", "log_every=1", "num_top_queries=20", "flat_epoch=0", "no_aug_epoch=0",
+                "data.multiscale_sizes=32,64,96"]  # fmt: skip
+    argv = ["--preset", "deim_dfine_shapes", "--set", *tiny_run, "--output", str(tmp_path), "--no-progress"]
+    stats = main([*argv, "--device", "cpu"])
+    assert 0 <= stats["AP"] <= 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 2 and {"loss_fgl", "loss_ddf_aux_0", "loss_mal_pre", "loss_bbox_dn_pre"} <= set(train[0])
+    model, cfg, _ = load_model(tmp_path / "checkpoint.pth")
+    assert cfg.model.name == "deim_dfine" and type(model).__name__ == "DFINE"
+
+
+def test_optimizer_groups_are_the_official_regex_groups():
+    """The official D-FINE configs' two regexes, applied to the parameter names, give minidetr's three groups."""
+    from minidetr.train import build_optimizer, get_preset
+
+    for preset in ("deim_dfine_shapes", "dfine_l"):
+        cfg = get_preset(preset)
+        with torch.device("meta"):
+            model = build_model(cfg.model)
+        groups = {g["name"]: g for g in build_optimizer(cfg, model).param_groups}
+        names = {id(p): _official_name(n) for n, p in model.named_parameters()}  # the regexes see official names
+        trainable = [names[id(p)] for p in model.parameters() if p.requires_grad]
+        backbone = [n for n in trainable if re.findall(r"^(?=.*backbone)(?!.*norm|bn).*$", n)]
+        norm = [n for n in trainable if re.findall(r"^(?=.*(?:encoder|decoder))(?=.*(?:norm|bn)).*$", n)]
+        assert sorted(names[id(p)] for p in groups["backbone"]["params"]) == sorted(backbone)
+        assert sorted(names[id(p)] for p in groups["norm"]["params"]) == sorted(norm)
+        rest = sorted(set(trainable) - set(backbone) - set(norm))
+        assert sorted(names[id(p)] for p in groups["rest"]["params"]) == rest
+        assert (groups["backbone"]["lr"], groups["backbone"]["weight_decay"]) == (cfg.lr_backbone, cfg.weight_decay)
+        assert groups["norm"]["weight_decay"] == 0.0
+
+
+def test_predict_loads_an_official_dfine_file_with_its_preset(tiny, tmp_path):
+    from minidetr.predict import load_model
+
+    path = tmp_path / "deim_dfine_shapes_official.pth"
+    torch.save({"model": {}, "ema": {"module": _as_official(tiny.state_dict()), "updates": 5}}, path)
+    model, cfg, names = load_model(path, preset="deim_dfine_shapes")
+    assert cfg.preset == "deim_dfine_shapes" and names == ["0", "1", "2", "3"] and not model.training
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    with pytest.raises(Exception, match="fits the preset 'deim_dfine_shapes'"):
+        load_model(path, preset="deim_dfine_l")

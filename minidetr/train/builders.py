@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..criterion import SetCriterion
+from ..criterion_dfine import DFINECriterion
 from ..criterion_rtdetr import RTDETRCriterion
 from ..data import AugmentationPolicy, CocoDetection, Mosaic, build_transforms, check_same_categories, ensure_shapes
 from ..distributed import is_main_process
@@ -158,7 +159,8 @@ def build_datasets(cfg: TrainConfig, paths: DataPaths) -> tuple[Any, Any]:
 
 def build_criterion(cfg: TrainConfig) -> SetCriterion:
     """The criterion of ``cfg``: DETR's ``SetCriterion`` (final + auxiliary layers) or, for the RT-DETR family,
-    ``RTDETRCriterion`` (final, auxiliary, encoder and denoising outputs). Loss fields left ``None`` take the
+    ``RTDETRCriterion`` (final, auxiliary, encoder and denoising outputs), for D-FINE ``DFINECriterion`` (those,
+    layer 0's box, FGL and DDF; one-to-one only). Loss fields left ``None`` take the
     ``cfg.loss_class`` recipe (``minidetr.criterion.LOSS_RECIPES``). ``cfg.assignment``: ``"o2o"`` (Hungarian with
     the set costs) or one-to-many ``"topk"`` / ``"simota"`` (``minidetr.matching_o2m.OneToManyMatcher``)."""
     cfg = resolve_loss(cfg)
@@ -179,6 +181,9 @@ def build_criterion(cfg: TrainConfig) -> SetCriterion:
     common = {"loss_class": cfg.loss_class, "alpha": cfg.loss_alpha, "gamma": cfg.loss_gamma}
     if cfg.model.family == "rtdetr":
         return RTDETRCriterion(cfg.model.num_classes, matcher, weights, num_dec_layers=cfg.model.dec_layers, **common)
+    if cfg.model.family == "dfine":
+        layers, reg_max = cfg.model.dec_layers, cfg.model.reg_max
+        return DFINECriterion(cfg.model.num_classes, matcher, weights, num_dec_layers=layers, reg_max=reg_max, **common)
     num_aux = cfg.model.dec_layers - 1 if cfg.model.aux_loss else 0
     return SetCriterion(
         cfg.model.num_classes, matcher, weights, eos_coef=cfg.eos_coef, num_aux_layers=num_aux, **common

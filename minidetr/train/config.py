@@ -105,7 +105,7 @@ class TrainConfig:
     lr_milestones: list[int] = field(default_factory=list)  # multistep: epochs where the lr drops x lr_gamma
     flat_epoch: int = 0  # flat_cosine: constant lr until this epoch, then a cosine down to lr * lr_gamma
     no_aug_epoch: int = 0  # flat_cosine: the last epochs at a constant lr * lr_gamma
-    param_groups: Literal["detr", "rtdetr"] = "detr"  # rtdetr: no weight decay on normalisation layers
+    param_groups: Literal["detr", "rtdetr", "dfine"] = "detr"  # rtdetr: no decay on norms; dfine: backbone's decay
     ema: bool = False  # evaluate and checkpoint an exponential moving average of the weights
     ema_decay: float = 0.9999
     ema_warmups: int = 2000  # EMA decay warm-up in updates: d(n) = ema_decay * (1 - exp(-n / ema_warmups))
@@ -209,8 +209,8 @@ class TrainConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if (self.loss_class != "ce") != self.model.sigmoid_head:
-            if self.model.family == "rtdetr":
-                raise ConfigError("RT-DETR models have sigmoid heads: loss_class must be 'mal', 'vfl' or 'focal'")
+            if self.model.family in ("rtdetr", "dfine"):
+                raise ConfigError("RT-DETR and D-FINE have sigmoid heads: loss_class must be 'mal', 'vfl' or 'focal'")
             raise ConfigError(
                 f"loss_class={self.loss_class!r} needs model.use_focal={self.loss_class != 'ce'} "
                 "(sigmoid losses use a head without the no-object logit)"

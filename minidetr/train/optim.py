@@ -70,18 +70,30 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: 
 
 
 def rtdetr_param_groups(
-    model: nn.Module, lr: float, lr_backbone: float, weight_decay: float, norm_weight_decay: float = 0.0
+    model: nn.Module,
+    lr: float,
+    lr_backbone: float,
+    weight_decay: float,
+    norm_weight_decay: float = 0.0,
+    backbone_norms: str = "norm",
 ) -> list[dict]:
     """The three AdamW groups of the official RT-DETRv2 / DEIM recipe (see the module docstring).
 
     Parameters with ``requires_grad=False`` (frozen stem, ``FrozenBatchNorm2d``) are left out. Each group has a
-    ``name`` ("backbone", "norm", "rest") for logs; empty groups are dropped.
+    ``name`` ("backbone", "norm", "rest") for logs; empty groups are dropped. ``backbone_norms="backbone"`` puts the
+    backbone's normalisation parameters in the backbone group (lr_backbone, with weight decay), as the official
+    D-FINE / DEIM-D-FINE configs do (their regexes exclude "norm" from the backbone group, and HGNetv2 names its
+    BatchNorms "bn").
     """
+    if backbone_norms not in ("norm", "backbone"):
+        raise ValueError(f"backbone_norms={backbone_norms!r}; choose 'norm' (RT-DETR) or 'backbone' (D-FINE)")
+    in_backbone = {id(p) for name, p in model.named_parameters() if _is_backbone(name)}
     norm_params = {
         id(p)
         for m in model.modules()
         if isinstance(m, NORM_TYPES) and not _is_frozen_bn(m)
         for p in m.parameters(False)
+        if backbone_norms == "norm" or id(p) not in in_backbone
     }
     backbone, norm, rest = [], [], []
     for name, p in model.named_parameters():
@@ -89,7 +101,7 @@ def rtdetr_param_groups(
             continue
         if id(p) in norm_params:
             norm.append(p)
-        elif name.startswith("backbone.") or ".backbone." in name:
+        elif _is_backbone(name):
             backbone.append(p)
         else:
             rest.append(p)
@@ -99,6 +111,10 @@ def rtdetr_param_groups(
         {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "rest"},
     ]
     return [g for g in groups if g["params"]]
+
+
+def _is_backbone(name: str) -> bool:
+    return name.startswith("backbone.") or ".backbone." in name
 
 
 class LRSchedule:
@@ -189,9 +205,11 @@ class FlatCosine:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.AdamW:
-    """AdamW over DETR's two groups, or (``param_groups="rtdetr"``) RT-DETR's three; fused on CPU and CUDA."""
-    if cfg.param_groups == "rtdetr":
-        groups = rtdetr_param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
+    """AdamW over DETR's two groups, or (``param_groups="rtdetr"`` / ``"dfine"``) RT-DETR's / D-FINE's three; fused
+    on CPU and CUDA."""
+    if cfg.param_groups in ("rtdetr", "dfine"):
+        norms = "backbone" if cfg.param_groups == "dfine" else "norm"
+        groups = rtdetr_param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay, backbone_norms=norms)
     else:
         groups = param_groups(model, cfg.lr, cfg.lr_backbone, cfg.weight_decay)
     # the fused kernel (one pass over all parameters) where torch has one: CUDA and CPU; ~4x faster than the loop

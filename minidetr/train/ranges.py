@@ -24,6 +24,8 @@ def validate_assignment(cfg: Any) -> None:
         raise ConfigError(f"assignment_k must be an integer >= 1 (queries per target), got {cfg.assignment_k}")
     if not 0 <= cfg.assignment_min_iou < 1:  # also refuses nan
         raise ConfigError(f"assignment_min_iou must lie in [0, 1) (0: no floor), got {cfg.assignment_min_iou}")
+    if cfg.assignment != "o2o" and getattr(cfg.model, "family", None) == "dfine":
+        raise ConfigError(f"assignment={cfg.assignment!r}: D-FINE's criterion (union of matches, DDF) needs o2o")
     if cfg.nms_iou is not None and not 0 < cfg.nms_iou <= 1:
         raise ConfigError(f"nms_iou must lie in (0, 1] (or none: no NMS), got {cfg.nms_iou}")
 
