@@ -10,6 +10,7 @@ from .ablation import check_ablation_arms
 from .batched_cost import check_batched_cost
 from .criterion import check_set_criterion
 from .deformable import check_deformable_core
+from .dfine import check_edge_decoding
 from .evaluation import check_ap_at_iou, check_giou
 from .losses import check_mal_loss
 from .matching import check_brute_force, check_hungarian, check_match_batch, check_reduction
@@ -42,4 +43,5 @@ __all__ = [
     "check_ablation_arms",
     "check_scale_total_batch",
     "check_ema_half_life",
+    "check_edge_decoding",
 ]
