@@ -95,7 +95,10 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize(("family", "other"), [("detr", "rtdetr"), ("rtdetr", "detr")])
+@pytest.mark.parametrize(
+    ("family", "other"),
+    [("detr", "rtdetr"), ("rtdetr", "detr"), ("rtdetr", "dfine"), ("detr", "dfine"), ("dfine", "detr")],
+)
 def test_a_model_family_never_imports_the_other(family, other):
     graph = import_graph()
     prefix, forbidden = f"minidetr.models.{family}", f"minidetr.models.{other}"
