@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,11 +90,13 @@ def test_epoch_time_dense_o2o_times_both_arms_and_the_mosaic_arm_holds_more_targ
     assert targets["dense_o2o"] > 1.5 * targets["before"]  # the epoch really ran in the mosaic + mixup phase
 
 
-def test_train_throughput_breaks_a_step_into_its_phases(capsys):
+@pytest.mark.parametrize("preset", ["deim_shapes", "deim_dfine_shapes"])
+def test_train_throughput_breaks_a_step_into_its_phases(capsys, preset):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import train_throughput as bench
 
-    bench.main(["--steps", "2", "--warmup", "1", "--no-write", "--set", "data.image_size=64", "batch_size=4"])
+    argv = ["--preset", preset, "--steps", "2", "--warmup", "1", "--no-write"]
+    bench.main([*argv, "--set", "data.image_size=64", "batch_size=4"])
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert set(bench.PHASES) <= set(rows) and "**step**" in rows
