@@ -30,18 +30,15 @@ from torch import Tensor, nn
 
 from .boxes import box_cxcywh_to_xyxy, paired_box_iou
 from .criterion import flatten_matches, num_boxes_across_processes, num_pairs_across_processes
-from .criterion_rtdetr import RTDETRCriterion, dn_matched_indices
+from .criterion_rtdetr import RTDETRCriterion, dn_matched_indices, upcast
 from .models.dfine.fdr import box_to_distance, fgl_loss
 
 __all__ = ["DFINECriterion", "union_of_matches"]
 
 
-def _upcast(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
 def _fp32(out: dict) -> dict:
-    return {k: _upcast(v) for k, v in out.items() if k in ("pred_logits", "pred_boxes", "pred_corners", "ref_points")}
+    """``criterion_rtdetr``'s upcast of autocast outputs, for D-FINE's four per-layer tensors."""
+    return {k: upcast(v) for k, v in out.items() if k in ("pred_logits", "pred_boxes", "pred_corners", "ref_points")}
 
 
 def union_of_matches(all_indices: list[list[tuple[Tensor, Tensor]]]) -> list[tuple[Tensor, Tensor]]:

@@ -29,16 +29,17 @@ from torch import Tensor, nn
 
 from .criterion import SetCriterion, num_boxes_across_processes
 
-__all__ = ["RTDETRCriterion", "dn_matched_indices"]
+__all__ = ["RTDETRCriterion", "dn_matched_indices", "upcast"]
 
 
-def _upcast(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t  # float64 stays float64
+def upcast(t: Tensor) -> Tensor:
+    """fp16 / bf16 (autocast's outputs) to fp32; fp32 and fp64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _fp32(out: dict) -> dict:
     """Autocast's half-precision outputs in fp32 for the losses (fp32 and fp64 inputs as they are)."""
-    return {"pred_logits": _upcast(out["pred_logits"]), "pred_boxes": _upcast(out["pred_boxes"])}
+    return {"pred_logits": upcast(out["pred_logits"]), "pred_boxes": upcast(out["pred_boxes"])}
 
 
 class RTDETRCriterion(SetCriterion):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ACTIVATIONS, MLP
-from ..rtdetr.decoder import generate_anchors
+from ..rtdetr.decoder import cached_anchors
 from ..rtdetr.deformable import MSDeformableAttention
 from ..rtdetr.denoising import inverse_sigmoid
 from .fdr import distance_to_box, integral, weighting_function
@@ -191,11 +191,7 @@ class DFINEDecoder(nn.Module):
                 nn.init.xavier_uniform_(proj.conv.weight)
 
     def anchors(self, spatial_shapes: list[tuple[int, int]], like: Tensor) -> tuple[Tensor, Tensor]:
-        key = (tuple(spatial_shapes), like.device, like.dtype)
-        if key not in self._anchor_cache:
-            logits, valid = generate_anchors(spatial_shapes, device=like.device)
-            self._anchor_cache[key] = (logits.to(like.dtype), valid)
-        return self._anchor_cache[key]
+        return cached_anchors(self._anchor_cache, spatial_shapes, like)
 
     def forward(self, features: Sequence[Tensor], denoising: tuple | None = None) -> dict:
         """features: encoder maps ``[B, C_l, H_l, W_l]``; denoising: ``(content, boxes_logit, attn_mask, dn_meta)``

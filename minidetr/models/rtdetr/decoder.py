@@ -21,7 +21,7 @@ from ..layers import ACTIVATIONS, MLP
 from .deformable import MSDeformableAttention
 from .denoising import inverse_sigmoid
 
-__all__ = ["generate_anchors", "DecoderLayer", "RTDETRDecoder"]
+__all__ = ["generate_anchors", "cached_anchors", "DecoderLayer", "RTDETRDecoder"]
 
 
 def generate_anchors(
@@ -43,6 +43,16 @@ def generate_anchors(
     valid = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
     logits = torch.log(anchors / (1 - anchors))
     return torch.where(valid, logits, torch.inf), valid
+
+
+def cached_anchors(cache: dict, spatial_shapes: list[tuple[int, int]], like: Tensor) -> tuple[Tensor, Tensor]:
+    """``generate_anchors`` for these map sizes in ``like``'s device and dtype, computed once per key in ``cache``
+    (fixed per input size; multi-scale training uses a handful of sizes)."""
+    key = (tuple(spatial_shapes), like.device, like.dtype)
+    if key not in cache:
+        logits, valid = generate_anchors(spatial_shapes, device=like.device)
+        cache[key] = (logits.to(like.dtype), valid)
+    return cache[key]
 
 
 class DecoderLayer(nn.Module):
@@ -146,11 +156,7 @@ class RTDETRDecoder(nn.Module):
             nn.init.xavier_uniform_(proj[0].weight)
 
     def anchors(self, spatial_shapes: list[tuple[int, int]], like: Tensor) -> tuple[Tensor, Tensor]:
-        key = (tuple(spatial_shapes), like.device, like.dtype)
-        if key not in self._anchor_cache:  # fixed per input size; multi-scale training uses a handful of sizes
-            logits, valid = generate_anchors(spatial_shapes, device=like.device)
-            self._anchor_cache[key] = (logits.to(like.dtype), valid)
-        return self._anchor_cache[key]
+        return cached_anchors(self._anchor_cache, spatial_shapes, like)
 
     def forward(self, features: Sequence[Tensor], denoising: tuple | None = None) -> dict:
         """features: encoder maps ``[B, D, H_l, W_l]``; denoising: ``(content [B, Nd, D], boxes_logit [B, Nd, 4],
