@@ -186,6 +186,7 @@ def deim_r50() -> TrainConfig:
     #   320, affine +-10 degrees, 10 % translation, scale 0.5-1.5; a sample without mosaic gets zoom-out and IoU-crop)
     #   + photometric, batch mixup p0.5; 35-58 RT-DETR's augmentations; 59-60 flip + resize, no multi-scale.
     # Wall time: not measured here (no GPU run yet; benchmarks/bench_deim_r50_gpu.py measures the step time).
+    # Not reproduced: at epoch 58 the official solver reloads the best earlier checkpoint (best_stg1.pth).
     cfg = _rtdetr_r50_common(TrainConfig(preset="deim_r50"))
     cfg.model = get_model_preset("deim_r50")  # 42,943,596 parameters, ~137 GFLOPs at 640
     cfg.loss_class, cfg.lr, cfg.lr_backbone, cfg.epochs = "mal", 2e-4, 2e-5, 60
@@ -230,7 +231,9 @@ def deim_dfine_shapes() -> TrainConfig:
 def _dfine_coco(cfg: TrainConfig, epochs: int, stop_epoch: int, base_repeat: int) -> TrainConfig:
     """What the four official D-FINE-based COCO recipes share (configs/base/dfine_hgnetv2.yml, dataloader.yml,
     optimizer.yml): 640 px, 4 images per GPU x 8 = 32, AdamW wd 1.25e-4, backbone BatchNorms at the backbone lr
-    with decay, EMA 0.9999 (1000-update warm-up), bf16, SyncBN, clip 0.1."""
+    with decay, EMA 0.9999 (1000-update warm-up), bf16, SyncBN, clip 0.1. Not reproduced (as for deim_r50): at the
+    stop epoch the official solver reloads the best checkpoint of the epochs before it and resets the EMA decay
+    (``ema_restart_decay``); minidetr trains on from the last epoch."""
     cfg.data = DataConfig(source="coco", image_size=640)
     # multi-scale until stop_epoch: 480..608, 640 x base_repeat, 672..800 (the official generate_scales)
     cfg.data.multiscale_sizes = [480, 512, 544, 576, 608] + [640] * base_repeat + [800, 768, 736, 704, 672]
