@@ -8,6 +8,7 @@ optimiser and lr schedule ``minidetr.train.optim``'s.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import random
 import tempfile
@@ -31,6 +32,7 @@ from .config import ConfigError, TrainConfig, resolve_loss
 _log = logging.getLogger("minidetr.train")
 
 __all__ = [
+    "check_eval_backend",
     "DataPaths",
     "resolve_device",
     "seed_everything",
@@ -212,3 +214,12 @@ def mixed_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None,
     if amp == "bf16":
         return torch.bfloat16, None
     return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def check_eval_backend(cfg: TrainConfig) -> None:
+    """The evaluation backend ``cfg`` names is installed (``faster`` needs faster-coco-eval), else ``ConfigError``."""
+    if cfg.eval_backend == "faster" and importlib.util.find_spec("faster_coco_eval") is None:
+        raise ConfigError(
+            f"preset {cfg.preset} evaluates with faster-coco-eval, which is not installed: "
+            "pip install 'faster-coco-eval>=1.6.5' (or pip install -e '.[fast]'), or --set eval_backend=pycocotools"
+        )

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from ..criterion import LOSS_RECIPES
 from ..models import DETRConfig, ModelConfig, model_config_from_dict
-from .ranges import ConfigError, validate_assignment, validate_dense_o2o
+from .ranges import ConfigError, validate_assignment, validate_dense_o2o, validate_stage_switch
 
 __all__ = [
     "ConfigError",
@@ -109,6 +109,10 @@ class TrainConfig:
     ema: bool = False  # evaluate and checkpoint an exponential moving average of the weights
     ema_decay: float = 0.9999
     ema_warmups: int = 2000  # EMA decay warm-up in updates: d(n) = ema_decay * (1 - exp(-n / ema_warmups))
+    # DEIM's solver at the stop epoch (minidetr.train.stages): go on from the best evaluated epoch before it, with
+    # the EMA decay ema_restart_decay (None: ema_decay)
+    stage2_from_best: bool = False
+    ema_restart_decay: float | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast on CUDA only; the criterion stays fp32
     compile: bool = False  # torch.compile the model (CUDA; slow to start)
     channels_last: bool = False  # NHWC memory format for the convolutions (GPU AMP; ~5 % faster here on CPU)
@@ -204,6 +208,7 @@ class TrainConfig:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} must be a finite number >= 0 (or none: the recipe's value), got {value}")
         validate_assignment(self)
+        validate_stage_switch(self)
         try:  # overrides bypass the model config's __post_init__; rebuilding runs its checks again
             dataclasses.replace(self.model)
         except ValueError as e:

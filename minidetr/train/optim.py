@@ -269,7 +269,8 @@ def scale_total_batch(cfg: TrainConfig, total_batch: int, world_size: int = 1, k
     The recipe was tuned for ``cfg.recipe_total_batch`` images per step (``None``: ``batch_size`` on one process).
     With k = total_batch / that, DEIM's README rule: ``lr`` and ``lr_backbone`` x k (the linear scaling rule of
     Goyal et al., 2017), ``warmup_steps`` and ``ema_warmups`` / k (the same number of images), ``ema_decay``
-    1 - (1 - d) k (the same averaging horizon in images: d^k to first order). Schedules in epochs need nothing.
+    1 - (1 - d) k (the same averaging horizon in images: d^k to first order; ``ema_restart_decay`` too, when set).
+    Schedules in epochs need nothing.
     ``batch_size`` becomes ``total_batch / world_size``; ``recipe_total_batch`` becomes ``total_batch``. Fields named
     in ``keep`` (set by the user) stay as they are. ``deim_r50`` (16) at 32: lr 2e-4 -> 4e-4, warm-ups 2000 -> 1000.
     """
@@ -297,6 +298,8 @@ def scale_total_batch(cfg: TrainConfig, total_batch: int, world_size: int = 1, k
         "ema_warmups": round(cfg.ema_warmups / k),
         "recipe_total_batch": total_batch,
     }
+    if cfg.ema_restart_decay is not None and 0 < 1 - (1 - cfg.ema_restart_decay) * k < 1:  # stage 2's EMA, alike
+        new["ema_restart_decay"] = 1 - (1 - cfg.ema_restart_decay) * k
     new = {key: value for key, value in new.items() if key not in keep}
     changes = [f"{key} {getattr(cfg, key)} -> {value:g}" for key, value in new.items() if getattr(cfg, key) != value]
     for key, value in new.items():

@@ -186,12 +186,12 @@ def deim_r50() -> TrainConfig:
     #   320, affine +-10 degrees, 10 % translation, scale 0.5-1.5; a sample without mosaic gets zoom-out and IoU-crop)
     #   + photometric, batch mixup p0.5; 35-58 RT-DETR's augmentations; 59-60 flip + resize, no multi-scale.
     # Wall time: not measured here (no GPU run yet; benchmarks/bench_deim_r50_gpu.py measures the step time).
-    # Not reproduced: at epoch 58 the official solver reloads the best earlier checkpoint (best_stg1.pth).
+    # Stages: at epoch 58 training goes on from the best evaluated epoch before it (official best_stg1.pth).
     cfg = _rtdetr_r50_common(TrainConfig(preset="deim_r50"))
     cfg.model = get_model_preset("deim_r50")  # 42,943,596 parameters, ~137 GFLOPs at 640
     cfg.loss_class, cfg.lr, cfg.lr_backbone, cfg.epochs = "mal", 2e-4, 2e-5, 60
     cfg.lr_schedule, cfg.flat_epoch, cfg.no_aug_epoch, cfg.lr_gamma = "flat_cosine", 34, 2, 0.5
-    cfg.data.stop_epoch = 58  # strong augmentations and multi-scale off for the last 2 epochs
+    cfg.data.stop_epoch, cfg.stage2_from_best = 58, True  # strong augmentations and multi-scale off, last 2 epochs
     d = cfg.data
     d.policy_epochs, d.mixup_epochs, d.mosaic_prob, d.mixup_prob = [4, 34, 58], [4, 34], 0.5, 0.5
     d.mosaic_size, d.mosaic_rotation, d.mosaic_translate, d.mosaic_scale = 320, 10.0, 0.1, [0.5, 1.5]
@@ -231,9 +231,8 @@ def deim_dfine_shapes() -> TrainConfig:
 def _dfine_coco(cfg: TrainConfig, epochs: int, stop_epoch: int, base_repeat: int) -> TrainConfig:
     """What the four official D-FINE-based COCO recipes share (configs/base/dfine_hgnetv2.yml, dataloader.yml,
     optimizer.yml): 640 px, 4 images per GPU x 8 = 32, AdamW wd 1.25e-4, backbone BatchNorms at the backbone lr
-    with decay, EMA 0.9999 (1000-update warm-up), bf16, SyncBN, clip 0.1. Not reproduced (as for deim_r50): at the
-    stop epoch the official solver reloads the best checkpoint of the epochs before it and resets the EMA decay
-    (``ema_restart_decay``); minidetr trains on from the last epoch."""
+    with decay, EMA 0.9999 (1000-update warm-up), bf16, SyncBN, clip 0.1; at the stop epoch, training goes on from the
+    best evaluated epoch before it (the official solver's two stages, minidetr.train.stages)."""
     cfg.data = DataConfig(source="coco", image_size=640)
     # multi-scale until stop_epoch: 480..608, 640 x base_repeat, 672..800 (the official generate_scales)
     cfg.data.multiscale_sizes = [480, 512, 544, 576, 608] + [640] * base_repeat + [800, 768, 736, 704, 672]
@@ -242,7 +241,7 @@ def _dfine_coco(cfg: TrainConfig, epochs: int, stop_epoch: int, base_repeat: int
     cfg.ema, cfg.ema_decay, cfg.ema_warmups = True, 0.9999, 1000
     cfg.amp, cfg.sync_bn = "bf16", True
     cfg.num_workers, cfg.log_every, cfg.num_top_queries, cfg.eval_backend = 4, 100, 300, "faster"
-    cfg.batch_size, cfg.recipe_total_batch = 4, 32
+    cfg.batch_size, cfg.recipe_total_batch, cfg.stage2_from_best = 4, 32, True
     return cfg
 
 
@@ -271,7 +270,9 @@ def dfine_x() -> TrainConfig:
     """D-FINE-X on COCO, the official 72-epoch recipe (paper: 55.8 AP)."""
     # Launch: as dfine_l, with PPHGNetV2_B5_stage1.pth. Backbone lr 2.5e-6; 640 px three times among the scales.
     # Model: 62,621,560 parameters (62,596,118 trainable), 207.5 GFLOPs at 640.
-    return _dfine("dfine_x", 2.5e-6)
+    cfg = _dfine("dfine_x", 2.5e-6)
+    cfg.ema_restart_decay = 0.9998  # the official ema_restart_decay of D-FINE-X's stage 2
+    return cfg
 
 
 def _deim_dfine(name: str, lr_backbone: float) -> TrainConfig:

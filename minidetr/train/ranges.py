@@ -60,3 +60,25 @@ def validate_dense_o2o(d: Any) -> None:
     s = d.mosaic_scale
     if len(s) != 2 or not all(math.isfinite(v) for v in s) or not 0 < s[0] <= s[1]:
         raise ConfigError(f"data.mosaic_scale must be [low, high] with 0 < low <= high (e.g. [0.5, 1.5]), got {s}")
+
+
+def stage_switch_epoch(cfg: Any) -> int | None:
+    """The epoch at which DEIM's solver starts its second stage: the Dense O2O policy's last boundary (the third
+    of ``data.policy_epochs``), else ``data.stop_epoch``; None when the run has neither."""
+    d = cfg.data
+    return d.policy_epochs[2] if d.policy_epochs else d.stop_epoch
+
+
+def validate_stage_switch(cfg: Any) -> None:
+    """``stage2_from_best`` and ``ema_restart_decay`` (``minidetr.train.stages``)."""
+    if cfg.ema_restart_decay is not None and not 0 < cfg.ema_restart_decay < 1:
+        raise ConfigError(f"ema_restart_decay must lie strictly between 0 and 1 (or none), got {cfg.ema_restart_decay}")
+    if not cfg.stage2_from_best:
+        return
+    if stage_switch_epoch(cfg) is None:
+        raise ConfigError("stage2_from_best needs a stop epoch: data.policy_epochs [p0, p1, p2] or data.stop_epoch")
+    if cfg.eval_every != 1:
+        raise ConfigError(
+            f"stage2_from_best goes on from the best evaluated epoch before the stop epoch: it needs eval_every=1, "
+            f"got {cfg.eval_every}"
+        )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from .builders import (
     build_datasets,
     build_policy,
     build_train_model,
+    check_eval_backend,
     mixed_precision,
     resolve_data,
     resolve_device,
@@ -51,6 +51,7 @@ from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict, 
 from .ema import ModelEMA
 from .logs import MetricsLogger, truncate_metrics
 from .optim import build_lr_schedule, build_optimizer
+from .stages import StageSwitch
 
 __all__ = ["fit", "check_resumable", "CHECKPOINT_NAME"]
 
@@ -93,7 +94,7 @@ def fit(
     train_set, val_set = build_datasets(cfg, paths)
     cfg.model.num_classes = train_set.num_classes  # the dataset decides K (contiguous labels 0..K-1)
     cfg.validate()
-    _check_eval_backend(cfg)  # now, not after the first epoch of a long run
+    check_eval_backend(cfg)  # now, not after the first epoch of a long run
     if state is not None:
         _check_compatible(config_from_dict(state["config"]), cfg, resume)
     if is_main_process():
@@ -127,6 +128,7 @@ def fit(
     # Further training state: an object registered here with state_dict()/load_state_dict() is saved in every
     # checkpoint and restored by resume (a checkpoint lacking it is refused).
     stateful = {k: v for k, v in (("ema", ema), ("scaler", scaler)) if v is not None}
+    switch = StageSwitch(cfg, out, fresh=state is None)  # DEIM's stage 2 from the best stage-1 state
 
     start_epoch, step = 0, 0
     if state is not None:
@@ -144,6 +146,7 @@ def fit(
         with MetricsLogger(out / "metrics.jsonl", append=state is not None) as logger:
             for epoch in range(start_epoch, cfg.epochs):
                 set_epoch(train_loader, epoch)  # augmentation policy, multi-scale, DistributedSampler shuffle
+                _say(switch.before_epoch(epoch, model, optimizer, stateful, ema, logger) or "", verbose)
                 step, means = engine.train_one_epoch(
                     train_model, criterion, train_loader, optimizer, scheduler, device, epoch, step=step,
                     clip_max_norm=cfg.clip_max_norm, logger=logger, log_every=cfg.log_every, progress=progress,
@@ -164,6 +167,7 @@ def fit(
                     objects = {"model": unwrap_model(model), "optimizer": optimizer, "lr_scheduler": scheduler}
                     checkpoint = _checkpoint(objects, stateful, epoch, step, cfg, random_states, train_set)
                     _save(checkpoint, out / CHECKPOINT_NAME, last_checkpoint)
+                    switch.after_epoch(epoch, stats, checkpoint)
                 last_checkpoint = out / CHECKPOINT_NAME
                 ap = f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}" if stats.get("epoch") == epoch else ""
                 loss, elapsed = means.get("loss", float("nan")), time.perf_counter() - start_time
@@ -238,7 +242,7 @@ def _save(checkpoint: dict[str, Any], path: Path, previous: Path | None) -> None
 
 
 def _say(message: str, verbose: bool) -> None:
-    if verbose and is_main_process():
+    if message and verbose and is_main_process():
         tqdm.write(message)
 
 
@@ -288,14 +292,6 @@ def _evaluate(model, postprocess, loader, dataset, cfg: TrainConfig, device, out
         evaluator.write_results(out / f"detections_epoch{epoch}.json")
     raw = {f"{k}_no_nms": v for ev in evaluators[1:] for k, v in ev.summarize().items() if k in ("AP", "AP50")}
     return {**evaluator.summarize(), **raw, "per_class_AP": evaluator.per_class_ap(), "epoch": epoch}
-
-
-def _check_eval_backend(cfg: TrainConfig) -> None:
-    if cfg.eval_backend == "faster" and importlib.util.find_spec("faster_coco_eval") is None:
-        raise ConfigError(
-            f"preset {cfg.preset} evaluates with faster-coco-eval, which is not installed: "
-            "pip install 'faster-coco-eval>=1.6.5' (or pip install -e '.[fast]'), or --set eval_backend=pycocotools"
-        )
 
 
 def _check_compatible(saved: TrainConfig, cfg: TrainConfig, resume: Any) -> None:
