@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, read_checkpoint
 
-__all__ = ["read_official_checkpoint", "unwrap_official_checkpoint", "KeyRenames", "shapes", "mismatch_report"]
+__all__ = [
+    "read_official_checkpoint",
+    "unwrap_official_checkpoint",
+    "KeyRenames",
+    "shapes",
+    "mismatch_report",
+    "class_count_hint",
+]
 
 _TRUST_HINT = (
     ". If the download is complete and you trust the file, load it yourself with torch.load(..., "
@@ -103,3 +110,16 @@ def mismatch_report(model: nn.Module, state: Mapping[str, Tensor], hint: Hint) -
     found = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
     lines = [f"{len(what)} {name}, first: {what[:3]}" for name, what in found.items() if what]
     return "\n".join(lines + [hint(got, want)])
+
+
+def class_count_hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str | None:
+    """What to do when an RT-DETR / D-FINE checkpoint's class head has another size than the model's; else None."""
+    head = "decoder.enc_score_head.weight"
+    if head in got and head in want and got[head][0] != want[head][0]:
+        return (
+            f"What to do: the checkpoint predicts {got[head][0]} classes and the model {want[head][0]} (e.g. "
+            f"Objects365 pre-training weights, or a fine-tuned model): build the model with "
+            f"num_classes={got[head][0]} (cfg = minidetr.models.get_model_preset(name); "
+            f"cfg.num_classes = {got[head][0]})."
+        )
+    return None

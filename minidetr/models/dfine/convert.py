@@ -26,7 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from ...checkpoint import CheckpointError
-from ..official import KeyRenames, mismatch_report, read_official_checkpoint, shapes, unwrap_official_checkpoint
+from ..official import (
+    KeyRenames,
+    class_count_hint,
+    mismatch_report,
+    read_official_checkpoint,
+    shapes,
+    unwrap_official_checkpoint,
+)
 from .model import FAMILY_PRESETS, build_dfine
 
 __all__ = ["official_to_minidetr", "load_official_weights"]
@@ -86,10 +93,6 @@ def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> 
             fits.append(make.__name__)
     if fits:  # D-FINE's frozen backbone BatchNorms keep no step counters, DEIM-D-FINE's do: the layouts differ
         return f"What to do: it fits the preset {fits[0]!r}: --preset {fits[0]} (minidetr.build_model({fits[0]!r}))."
-    head = "decoder.enc_score_head.weight"
-    if head in got and head in want and got[head][0] != want[head][0]:
-        return (
-            f"What to do: the checkpoint predicts {got[head][0]} classes: build the model with "
-            f"num_classes={got[head][0]} (e.g. Objects365 weights have 366)."
-        )
+    if (classes := class_count_hint(got, want)) is not None:
+        return classes
     return "What to do: build the model it was trained as (the N/S/M sizes have no preset: set a DFINEConfig)."

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ...checkpoint import CheckpointError
 from ..official import (
     KeyRenames,
+    class_count_hint,
     mismatch_report,
     read_official_checkpoint,
     shapes,
@@ -145,14 +146,8 @@ def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> 
             "HGNetv2 backbone). minidetr implements only the RT-DETRv2-based models: use the DEIM-RT-DETRv2 or "
             "RT-DETRv2 R50 weights."
         )
-    head = "decoder.enc_score_head.weight"
-    if head in got and head in want and got[head][0] != want[head][0]:
-        return (
-            f"What to do: the checkpoint predicts {got[head][0]} classes and the model {want[head][0]} (e.g. "
-            f"Objects365 pre-training weights, or a fine-tuned model): build the model with "
-            f"num_classes={got[head][0]} (cfg = minidetr.models.get_model_preset(name); "
-            f"cfg.num_classes = {got[head][0]})."
-        )
+    if (classes := class_count_hint(got, want)) is not None:
+        return classes
     matches = _matching_presets(got)
     if matches:
         name = matches[0]
