@@ -94,3 +94,22 @@ def test_a_run_goes_on_from_its_best_stage1_epoch(tmp_path):
     assert json.loads((tmp_path / "best_stage1.json").read_text()) == {"epoch": best, "AP": evals[best]}
     ckpt = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["step"] == 6  # the step count went on: 3 epochs x 2 steps
+
+
+def test_the_switch_under_torchrun_on_two_processes(tmp_path):
+    """Every rank restores the same state (after a barrier: the main process wrote it); only rank 0 writes files."""
+    import os
+    import subprocess
+    import sys
+
+    tiny = ["epochs=3", "batch_size=4", "data.image_size=64", "data.shapes_num_train=16", "data.shapes_num_val=4",
+            "data.shapes_image_size=64", "log_every=1", "num_top_queries=20", "flat_epoch=0", "no_aug_epoch=0",
+            "data.policy_epochs=0,1,2", "data.mixup_epochs=0,1", "stage2_from_best=true"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "minidetr.train"]
+    cmd += ["--preset", "deim_shapes", "--set", *tiny, "--output", str(tmp_path), "--no-progress", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    stage = [r for r in records if r["kind"] == "stage"]
+    assert len(stage) == 1 and stage[0]["epoch"] == 2 and done.stdout.count("stage 2 from epoch 3") == 1
+    assert (tmp_path / BEST_NAME).is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
