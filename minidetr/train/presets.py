@@ -124,7 +124,7 @@ def _rtdetr_shapes(name: str) -> TrainConfig:
 def deim_shapes() -> TrainConfig:
     """DEIM (RT-DETRv2 model, MAL, flat-cosine lr, EMA) at CPU size on the synthetic shapes, minutes."""
     # Launch: python -m minidetr.train --preset deim_shapes
-    # Wall time: 779 s on 2 CPU cores with other jobs running (benchmarks/RESULTS.md); AP 0.476, AP50 0.622.
+    # Wall time: 330 s on a quiet 2-core Intel Xeon (benchmarks/RESULTS.md); AP 0.467, AP50 0.619.
     # Batch arithmetic: 1 process x batch 16; 2000 train images -> 125 steps/epoch, 12 epochs -> 1500 steps.
     # The deim_r50 recipe scaled down: quadratic warm-up 100 steps, flat to epoch 6, cosine to lr/2, last epoch flat.
     # Dense O2O scaled from DEIM's 60 epochs [4, 34, 58] to 12, on the lr schedule's own boundaries (DEIM's p1 is
