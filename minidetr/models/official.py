@@ -20,6 +20,7 @@ __all__ = [
     "shapes",
     "mismatch_report",
     "class_count_hint",
+    "load_converted",
 ]
 
 _TRUST_HINT = (
@@ -123,3 +124,33 @@ def class_count_hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int,
             f"cfg.num_classes = {got[head][0]})."
         )
     return None
+
+
+def load_converted(
+    model: nn.Module,
+    source: str | Path | Mapping[str, Any],
+    to_minidetr: Callable[[Mapping[str, Tensor]], dict[str, Tensor]],
+    hint: Hint,
+    describe: Callable[[nn.Module], str],
+    use_ema: bool = True,
+) -> nn.Module:
+    """Load an official checkpoint (file path or loaded dict) into ``model``, strictly: its state dict renamed by
+    ``to_minidetr`` (a ``ValueError`` there names what does not fit), then every key and shape checked. What does
+    not fit is a ``CheckpointError`` naming the file, the first missing, unexpected and mismatched keys, the model
+    (``describe(model)``) and what to do (``hint``). A minidetr training checkpoint is refused. Returns ``model``."""
+    where = str(source) if isinstance(source, (str, Path)) else "the checkpoint"
+    obj = read_official_checkpoint(source) if isinstance(source, (str, Path)) else source
+    if "config" in obj and "model" in obj:
+        raise CheckpointError(
+            f"{where} is a minidetr training checkpoint, not an official one: "
+            f"use minidetr.predict.load_model or model.load_state_dict(ckpt['model'])"
+        )
+    try:
+        state = to_minidetr(unwrap_official_checkpoint(obj, use_ema))
+    except (ValueError, CheckpointError) as e:
+        raise CheckpointError(f"{where}: {e}") from e
+    problem = mismatch_report(model, state, hint)
+    if problem:
+        raise CheckpointError(f"{where} does not fit this model ({describe(model)}).\n{problem}")
+    model.load_state_dict(state, strict=True)
+    return model

@@ -25,26 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...checkpoint import CheckpointError
-from ..official import (
-    KeyRenames,
-    class_count_hint,
-    mismatch_report,
-    read_official_checkpoint,
-    shapes,
-    unwrap_official_checkpoint,
-)
+from ..official import KeyRenames, class_count_hint, load_converted, shapes
+from ..rtdetr.convert import ENCODER_RENAMES, check_single_aifi
 from .model import FAMILY_PRESETS, build_dfine
 
 __all__ = ["official_to_minidetr", "load_official_weights"]
 
-_KEYS = KeyRenames(
-    (
-        ("encoder.input_proj.{n}.conv.", "encoder.input_proj.{n}.0."),
-        ("encoder.input_proj.{n}.norm.", "encoder.input_proj.{n}.1."),
-        ("encoder.encoder.0.layers.{n}.", "encoder.encoder.{n}."),
-    )
-)
+_KEYS = KeyRenames(ENCODER_RENAMES)
 _DROPPED = re.compile(
     r"^decoder\.anchors$|^decoder\.valid_mask$|\.cross_attn\.num_points_scale$|^decoder\.decoder\.(up|reg_scale)$"
 )
@@ -52,8 +39,7 @@ _DROPPED = re.compile(
 
 def official_to_minidetr(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """An official D-FINE state dict with minidetr's key names, the recomputed buffers left out (tensors shared)."""
-    if any(k.startswith("encoder.encoder.1.layers.") for k in state_dict):
-        raise ValueError("this checkpoint runs AIFI on more than one level; minidetr's encoder runs it on C5 only")
+    check_single_aifi(state_dict)
     for name in ("up", "reg_scale"):
         outer, inner = state_dict.get(f"decoder.{name}"), state_dict.get(f"decoder.decoder.{name}")
         if outer is not None and inner is not None and not torch.equal(outer, inner):
@@ -65,21 +51,12 @@ def load_official_weights(model: nn.Module, source: str | Path | Mapping[str, An
     """Load an official D-FINE / DEIM-D-FINE checkpoint (path or loaded dict) into ``model``, strictly; a
     ``CheckpointError`` names the file, the first keys that do not fit and the preset that would. Returns
     ``model``."""
-    where = str(source) if isinstance(source, (str, Path)) else "the checkpoint"
-    obj = read_official_checkpoint(source) if isinstance(source, (str, Path)) else source
-    if "config" in obj and "model" in obj:
-        raise CheckpointError(f"{where} is a minidetr training checkpoint: use minidetr.predict.load_model")
-    try:
-        state = official_to_minidetr(unwrap_official_checkpoint(obj, use_ema))
-    except (ValueError, CheckpointError) as e:
-        raise CheckpointError(f"{where}: {e}") from e
-    problem = mismatch_report(model, state, _hint)
-    if problem:
-        cfg = getattr(model, "cfg", None)
-        what = f"{cfg.name}, HGNetv2-{cfg.backbone}" if cfg is not None else type(model).__name__
-        raise CheckpointError(f"{where} does not fit this model ({what}).\n{problem}")
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_converted(model, source, official_to_minidetr, _hint, _describe, use_ema)
+
+
+def _describe(model: nn.Module) -> str:
+    cfg = getattr(model, "cfg", None)
+    return f"{cfg.name}, HGNetv2-{cfg.backbone}" if cfg is not None else type(model).__name__
 
 
 def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str:

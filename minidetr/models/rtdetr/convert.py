@@ -31,11 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...checkpoint import CheckpointError
 from ..official import (
     KeyRenames,
     class_count_hint,
-    mismatch_report,
+    load_converted,
     read_official_checkpoint,
     shapes,
     unwrap_official_checkpoint,
@@ -51,11 +50,14 @@ __all__ = [
     "load_official_weights",
 ]
 
-# (official, minidetr) key prefixes; ``{n}`` is a layer index.
-_RENAMES = (
+# (official, minidetr) key prefixes; ``{n}`` is a layer index. The encoder's are D-FINE's too.
+ENCODER_RENAMES = (
     ("encoder.input_proj.{n}.conv.", "encoder.input_proj.{n}.0."),
     ("encoder.input_proj.{n}.norm.", "encoder.input_proj.{n}.1."),
     ("encoder.encoder.0.layers.{n}.", "encoder.encoder.{n}."),
+)
+_RENAMES = (
+    *ENCODER_RENAMES,
     ("decoder.input_proj.{n}.conv.", "decoder.input_proj.{n}.0."),
     ("decoder.input_proj.{n}.norm.", "decoder.input_proj.{n}.1."),
     ("decoder.decoder.layers.{n}.", "decoder.layers.{n}."),
@@ -68,14 +70,19 @@ _KEYS = KeyRenames(_RENAMES)
 _DROPPED = re.compile(r"^decoder\.anchors$|^decoder\.valid_mask$|\.cross_attn\.num_points_scale$")
 
 
-def official_to_minidetr(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """An official state dict with minidetr's key names; the three recomputed buffers left out. Tensors are
-    shared, not copied. Keys that are already minidetr's pass unchanged, so converting twice is harmless."""
+def check_single_aifi(state_dict: Mapping[str, Tensor]) -> None:
+    """A ``ValueError`` for a checkpoint whose encoder runs AIFI on several levels (minidetr's runs it on C5)."""
     if any(k.startswith("encoder.encoder.1.layers.") for k in state_dict):
         raise ValueError(
             "this checkpoint runs AIFI on more than one feature level (use_encoder_idx with several entries); "
-            "minidetr's HybridEncoder runs it on C5 only, as every released DEIM / RT-DETRv2 model does"
+            "minidetr's HybridEncoder runs it on C5 only, as every released DEIM / RT-DETRv2 / D-FINE model does"
         )
+
+
+def official_to_minidetr(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An official state dict with minidetr's key names; the three recomputed buffers left out. Tensors are
+    shared, not copied. Keys that are already minidetr's pass unchanged, so converting twice is harmless."""
+    check_single_aifi(state_dict)
     return {_KEYS.to_minidetr(k): v for k, v in state_dict.items() if not _DROPPED.search(k)}
 
 
@@ -111,25 +118,10 @@ def load_official_weights(model: nn.Module, source: str | Path | Mapping[str, An
     """Load an official DEIM / RT-DETRv2 checkpoint (file path or loaded dict) into ``model``, strictly.
 
     Every key and shape must fit. Otherwise a ``CheckpointError`` names the file, the first missing, unexpected
-    and mismatched keys, and what to do: another preset, another ``num_classes``, or a model minidetr lacks
-    (D-FINE, other depths). Returns ``model``.
+    and mismatched keys, and what to do: another preset, another ``num_classes``, the D-FINE loader, or a model
+    minidetr lacks (other depths). Returns ``model``.
     """
-    where = str(source) if isinstance(source, (str, Path)) else "the checkpoint"
-    obj = read_official_checkpoint(source) if isinstance(source, (str, Path)) else source
-    if "config" in obj and "model" in obj:
-        raise CheckpointError(
-            f"{where} is a minidetr training checkpoint, not an official one: "
-            f"use minidetr.predict.load_model or model.load_state_dict(ckpt['model'])"
-        )
-    try:
-        state = official_to_minidetr(unwrap_official_checkpoint(obj, use_ema))
-    except (ValueError, CheckpointError) as e:
-        raise CheckpointError(f"{where}: {e}") from e
-    problem = mismatch_report(model, state, _hint)
-    if problem:
-        raise CheckpointError(f"{where} does not fit this model ({_describe(model)}).\n{problem}")
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_converted(model, source, official_to_minidetr, _hint, _describe, use_ema)
 
 
 def _describe(model: nn.Module) -> str:
@@ -143,8 +135,8 @@ def _hint(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> 
     if any(k in got for k in ("decoder.up", "decoder.reg_scale")) or any(".lqe_layers." in k for k in got):
         return (
             "What to do: this looks like a D-FINE / DEIM-D-FINE checkpoint (fine-grained distribution decoder, "
-            "HGNetv2 backbone). minidetr implements only the RT-DETRv2-based models: use the DEIM-RT-DETRv2 or "
-            "RT-DETRv2 R50 weights."
+            "HGNetv2 backbone): build the D-FINE model it was trained as and load it with "
+            "minidetr.models.dfine.load_official_weights (--preset deim_dfine_l / deim_dfine_x / dfine_l / dfine_x)."
         )
     if (classes := class_count_hint(got, want)) is not None:
         return classes
