@@ -1,11 +1,13 @@
 """Bipartite matching: the Hungarian algorithm and DETR's Hungarian matcher.
 
 ``hungarian`` is the course's own solver, written to be read; ``HungarianMatcher`` is what training
-uses, with scipy's ``linear_sum_assignment`` (same optimum, C++ speed) as its default solver.
+uses, with scipy's ``linear_sum_assignment`` (same optimum, C++ speed) as its default solver; ``solver="lapx"``
+takes lapx's rectangular Jonker-Volgenant instead (optional package, same optimum, faster).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from . import matching_lapx
 from .boxes import batched_generalized_box_iou, box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 
 __all__ = ["hungarian", "HungarianMatcher", "SOLVERS"]
@@ -117,8 +120,18 @@ def _scipy_solver(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 SOLVERS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
     "scipy": _scipy_solver,
+    "lapx": matching_lapx.solve,
     "hungarian": hungarian,
 }
+
+
+def check_solver(solver: str) -> None:
+    """Raise ``ValueError`` naming the choices for an unknown solver, ``ImportError`` saying what to install for
+    ``"lapx"`` without the lapx package."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+    if solver == "lapx" and not matching_lapx.available():
+        raise ImportError("solver 'lapx' needs the lapx package: pip install lapx (or pip install -e '.[fast]')")
 
 
 class HungarianMatcher(nn.Module):
@@ -152,8 +165,7 @@ class HungarianMatcher(nn.Module):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("all matching costs are 0: every assignment would be equally good")
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+        check_solver(solver)
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
         self.use_focal, self.alpha, self.gamma = use_focal, alpha, gamma
         self.solver = solver
@@ -234,25 +246,46 @@ class HungarianMatcher(nn.Module):
         L layers waits for the accelerator once per step instead of L times. Returns one ``forward`` result
         per entry.
         """
+        return self.solve_host_costs(*self.host_costs(outputs_list, targets))
+
+    @torch.no_grad()
+    def host_costs(
+        self, outputs_list: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]
+    ) -> tuple[np.ndarray, list[int], np.ndarray]:
+        """``match_many``'s first half, all that runs on the accelerator: every entry's pair costs on the host after
+        one copy, ``(cost [ΣT, ΣQ_i], the entries' Q_i, image b's targets at rows offsets[b]:offsets[b + 1])``."""
         sizes = [len(t["labels"]) for t in targets]
         flat = _flat_targets(outputs_list[0]["pred_boxes"], targets)  # the targets' side, once for every entry
         costs = [self._pair_costs(out, flat) for out in outputs_list]
-        splits = [c.shape[1] for c in costs]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         # One device-to-host copy for everything; NaN/inf would make any solver fail or lie.
         cost = torch.cat(costs, 1)
         cost = cost if cost.dtype == torch.float64 else cost.float()  # fp32 over the wire; fp64 kept for fp64 runs
         cost = torch.nan_to_num_(cost, nan=1e8, posinf=1e8, neginf=-1e8).cpu().numpy()  # scipy solves in float64
+        return cost, [c.shape[1] for c in costs], offsets
+
+    def solve_host_costs(
+        self, cost: np.ndarray, splits: list[int], offsets: np.ndarray
+    ) -> list[list[tuple[Tensor, Tensor]]]:
+        """``match_many``'s second half, on the host only: each entry's per-image ``[Q, T_b]`` blocks solved."""
+        if self.solver == "lapx" and len(set(splits)) == 1:  # every entry has Q queries: image b's blocks at once
+            e, q = len(splits), splits[0]
+            blocks = [cost[o0:o1].reshape(o1 - o0, e, q).transpose(1, 2, 0) for o0, o1 in itertools.pairwise(offsets)]
+            per_image = [[torch.from_numpy(a) for a in matching_lapx.solve_stack(block)] for block in blocks]
+            return [[(rows[i], cols[i]) for rows, cols in per_image] for i in range(e)]
         solve = SOLVERS[self.solver]
         results, start = [], 0
         for n_queries in splits:
             block, start = cost[:, start : start + n_queries], start + n_queries
             matches = []
-            for b in range(len(sizes)):
-                rows, cols = solve(block[offsets[b] : offsets[b + 1]].T)  # image b: [Q, T_b]
-                matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+            for b in range(len(offsets) - 1):
+                matches.append(_as_tensors(*solve(block[offsets[b] : offsets[b + 1]].T)))  # image b: [Q, T_b]
             results.append(matches)
         return results
+
+
+def _as_tensors(rows: np.ndarray, cols: np.ndarray) -> tuple[Tensor, Tensor]:
+    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
 
 def _flat_targets(pred_boxes: Tensor, targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:

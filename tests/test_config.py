@@ -1,6 +1,7 @@
 """minidetr.config: presets, checked overrides, validation and (de)serialisation."""
 
 import dataclasses
+import importlib.util
 import json
 
 import pytest
@@ -102,6 +103,7 @@ def test_overrides_parse_each_type():
         ("model=3", ["'model'"]),  # a section is not a value
         ("epochs", ["key=value"]),
         ("data.image_size=", ["data.image_size", "int"]),
+        ("matcher_solver=auction", ["matcher_solver", "'auction'", "scipy", "lapx"]),
     ],
 )
 def test_bad_overrides_give_one_line_errors(override, words):
@@ -231,8 +233,10 @@ def test_configs_saved_before_the_package_layout_still_load_and_are_the_same_rec
         if old.loss_class != "ce":  # d1830c7 wrote eos_coef 0.1 for every loss; only softmax CE ever read it
             old = dataclasses.replace(old, eos_coef=None)
         # recipe_total_batch came later (what --total-batch scales from): an old config loads it as None; the two
-        # stages (stage2_from_best) came later too, on purpose, for the DEIM repository's recipes
-        now = dataclasses.replace(resolve_loss(get_preset(name)), recipe_total_batch=None, stage2_from_best=False)
+        # stages (stage2_from_best) came later too, on purpose, for the DEIM repository's recipes, and lapx's solver
+        # (the same optimum) for the full-size RT-DETR-family presets
+        now = dataclasses.replace(resolve_loss(get_preset(name)), recipe_total_batch=None, stage2_from_best=False,
+                                  matcher_solver="scipy")  # fmt: skip
         if name.startswith("deim"):
             assert old.data.mosaic_prob == 0 and now.data.mosaic_prob == 0.5, name
             now.data = dataclasses.replace(now.data, **{k: getattr(old.data, k) for k in dense})
@@ -249,3 +253,16 @@ def test_config_diff_names_nested_fields_and_nothing_else():
     assert config_diff(a, get_preset("deim_shapes")) == {}
     with pytest.raises(TypeError, match="two configs"):
         config_diff(a, a.data)
+
+
+def test_matcher_solver_reaches_the_matcher_and_a_missing_lapx_is_a_config_error(monkeypatch):
+    from minidetr import matching
+    from minidetr.train.builders import build_criterion
+
+    cfg = apply_overrides(get_preset("deim_shapes"), ["matcher_solver=lapx"])
+    if importlib.util.find_spec("lap") is not None:
+        assert build_criterion(cfg.validate()).matcher.solver == "lapx"
+    assert build_criterion(get_preset("deim_shapes")).matcher.solver == "scipy"  # the default
+    monkeypatch.setattr(matching.matching_lapx, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"matcher_solver: .*pip install lapx"):
+        cfg.validate()

@@ -7,8 +7,9 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from minidetr import matching
 from minidetr.boxes import box_cxcywh_to_xyxy, generalized_box_iou
-from minidetr.matching import HungarianMatcher, hungarian
+from minidetr.matching import SOLVERS, HungarianMatcher, hungarian
 
 TOY = np.array([[8, 4, 7], [5, 2, 3], [9, 4, 8]])  # the DEIM talk's worker/task example
 
@@ -220,3 +221,70 @@ def test_nan_predictions_do_not_crash_the_solver():
     outputs["pred_logits"][0, 0] = float("nan")
     q, t = HungarianMatcher()(outputs, targets)[0]
     assert len(q) == 3
+
+
+def _solver_cases():
+    """Random, tie-heavy, float32-rounded and sentinel-heavy matrices, tall, wide, square and empty."""
+    rng = np.random.default_rng(7)
+    cases = [np.zeros((5, 0)), np.zeros((0, 4)), np.zeros((0, 0)), np.ones((1, 1)), np.ones((30, 4))]
+    for i in range(240):
+        q, t = (int(v) for v in rng.integers(1, 41, 2))
+        kind = i % 4
+        if kind == 0:
+            cost = rng.random((q, t))
+        elif kind == 1:  # ties everywhere: many optimal assignments
+            cost = rng.integers(0, 3, (q, t)).astype(float)
+        elif kind == 2:  # what match_many hands over: float32 values
+            cost = rng.normal(size=(q, t)).astype(np.float32).astype(np.float64)
+        else:  # match_many's nan_to_num sentinels (1e8) beside ordinary costs
+            cost = np.where(rng.random((q, t)) < 0.3, 1e8, rng.normal(size=(q, t)))
+        cases.append(cost)
+    return cases
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_every_selectable_solver_reaches_scipys_optimum(solver):
+    if solver == "lapx":
+        pytest.importorskip("lap", reason="solver 'lapx' needs the optional lapx package")
+    solve = SOLVERS[solver]
+    for cost in _solver_cases():
+        rows, cols = solve(cost)
+        assert_valid_optimal(cost, np.asarray(rows), np.asarray(cols))
+
+
+@pytest.mark.parametrize("solver", sorted(set(SOLVERS) - {"scipy"}))
+def test_matcher_with_each_solver_matches_as_well_as_scipy(solver):
+    if solver == "lapx":
+        pytest.importorskip("lap", reason="solver 'lapx' needs the optional lapx package")
+    outputs, targets = make_batch(11, sizes=[0, 1, 7, 30], num_queries=20, focal=True)
+    ref = HungarianMatcher(2.0, 5.0, 2.0, use_focal=True)
+    other = HungarianMatcher(2.0, 5.0, 2.0, use_focal=True, solver=solver)
+    cost = ref.cost_matrix(outputs, targets)
+    for b, ((q1, t1), (q2, t2)) in enumerate(zip(ref(outputs, targets), other(outputs, targets), strict=True)):
+        assert q2.dtype == t2.dtype == torch.int64 and len(q2) == len(q1) == min(20, len(targets[b]["labels"]))
+        assert (q2.diff() > 0).all()
+        torch.testing.assert_close(cost[b][q1, t1].sum(), cost[b][q2, t2].sum())
+
+
+def test_lapx_without_the_package_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(matching.matching_lapx, "available", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install lapx"):
+        HungarianMatcher(solver="lapx")
+
+
+@pytest.mark.parametrize("queries", [[20, 20, 20], [20, 8, 20]])  # equal Q: lapx solves each image's stack at once
+def test_match_many_with_lapx_reaches_scipys_optimum_for_every_entry(queries):
+    pytest.importorskip("lap", reason="solver 'lapx' needs the optional lapx package")
+    sizes = [0, 1, 7, 12, 30]
+    entries = [make_batch(20 + i, sizes=sizes, num_queries=q, focal=True) for i, q in enumerate(queries)]
+    targets = entries[0][1]
+    outputs = [out for out, _ in entries]
+    ref = HungarianMatcher(2.0, 5.0, 2.0, use_focal=True)
+    got = HungarianMatcher(2.0, 5.0, 2.0, use_focal=True, solver="lapx").match_many(outputs, targets)
+    want = ref.match_many(outputs, targets)
+    for out, entry_got, entry_want in zip(outputs, got, want, strict=True):
+        cost = ref.cost_matrix(out, targets)
+        for b, ((q1, t1), (q2, t2)) in enumerate(zip(entry_want, entry_got, strict=True)):
+            assert q2.dtype == t2.dtype == torch.int64 and len(q2) == len(q1) and (q2.diff() > 0).all()
+            assert len(set(t2.tolist())) == len(t2)
+            torch.testing.assert_close(cost[b][q1, t1].sum(), cost[b][q2, t2].sum())

@@ -169,7 +169,7 @@ def build_criterion(cfg: TrainConfig) -> SetCriterion:
     focal = cfg.loss_class != "ce"
     if cfg.assignment == "o2o":
         matcher: torch.nn.Module = HungarianMatcher(
-            cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=focal
+            cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, use_focal=focal, solver=cfg.matcher_solver
         )
     else:  # one-to-many: duplicates at inference, which NMS removes
         matcher = OneToManyMatcher(cfg.assignment, cfg.assignment_k, cfg.assignment_min_iou, use_focal=focal)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..criterion import LOSS_RECIPES
+from ..matching import check_solver
 from ..models import DETRConfig, ModelConfig, model_config_from_dict
 from .ranges import ConfigError, validate_assignment, validate_dense_o2o, validate_stage_switch
 
@@ -136,6 +137,9 @@ class TrainConfig:
     assignment: Literal["o2o", "topk", "simota"] = "o2o"
     assignment_k: int = 4
     assignment_min_iou: float = 0.0  # one-to-many: no pair below this IoU (0: no floor)
+    # "o2o"'s assignment solver: scipy's linear_sum_assignment, or lapx's rectangular Jonker-Volgenant (pip install
+    # lapx; the same optimum, 2-3x faster solves; on tied costs it may pick another pair of the same total).
+    matcher_solver: Literal["scipy", "lapx"] = "scipy"
     # Class-aware NMS (torchvision batched_nms) at this IoU in evaluation and predict; None: none (one-to-one
     # models need none; one-to-many ones do, 0.7 is a good start). fit() then also logs the AP without NMS.
     nms_iou: float | None = None
@@ -208,6 +212,10 @@ class TrainConfig:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{key} must be a finite number >= 0 (or none: the recipe's value), got {value}")
         validate_assignment(self)
+        try:
+            check_solver(self.matcher_solver)
+        except (ValueError, ImportError) as e:
+            raise ConfigError(f"matcher_solver: {e}; or --set matcher_solver=scipy") from None
         validate_stage_switch(self)
         try:  # overrides bypass the model config's __post_init__; rebuilding runs its checks again
             dataclasses.replace(self.model)
