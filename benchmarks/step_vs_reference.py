@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(f"{run['step']:.0f}" for run in sides["this"])
     )
     options = f" (this side with `--set {' '.join(args.set)}`)" if args.set else ""
+    this = f"{here_commit} with {' '.join(args.set)}" if args.set else here_commit
     body = (
         f"## Training step, this checkout ({here_commit}) against {ref_commit}: `{args.preset}`\n\n"
         f"Written by `python benchmarks/step_vs_reference.py --reference CHECKOUT_OF_{ref_commit} --rounds "
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         f"`train_throughput.py --steps {args.steps}` alternating in fresh processes, medians of {args.rounds} "
         f"rounds (step ms per round: {steps}). Machine: {_cpu_name()}; load average before / after: "
         f"{load_before} ; {_load()}.\n\n"
-        f"| phase | {ref_commit} ms | {here_commit} ms | {ref_commit} / {here_commit} |\n|---|---|---|---|\n"
+        f"| phase | {ref_commit} ms | {this} ms | {ref_commit} / {this} |\n|---|---|---|---|\n"
         + "\n".join(rows).replace("| step |", "| **step** |")
         + "\n"
     )
