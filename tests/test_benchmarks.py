@@ -144,3 +144,14 @@ def test_step_vs_reference_reads_a_checkouts_step_table():
     phases = bench.run_side(ROOT, ["--steps", "2", "--warmup", "1"], ["data.image_size=64", "batch_size=4"])
     assert {"data", "forward", "backward", "optimizer", "ema", "step"} <= set(phases)
     assert phases["step"] >= phases["forward"] > 0
+
+
+def test_compile_recompiles_counts_both_ways(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import compile_recompiles as bench
+
+    bench.main(["--steps", "2", "--batch-size", "2"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"whole", "parts"}
+    assert int(rows["whole"][0]) > 0 and int(rows["parts"][0]) > 0  # both compiled something

@@ -132,3 +132,29 @@ def test_channels_last_trains_the_same_run_to_float_rounding(tmp_path):
                for v in state.values())  # fmt: skip
     cfg = config_from_dict(json.loads((tmp_path / "true" / "config.json").read_text()))
     build_model(cfg.model).load_state_dict(state)  # an NCHW model takes the NHWC weights
+
+
+def test_compile_trains_the_same_run_and_saves_plain_parameter_names(tmp_path, monkeypatch, capsys):
+    """``--compile`` goes through ``compile_model`` (the image-only parts, in place): the same seed gives the same
+    losses as eager, and the checkpoint's names are a plain model's. Dynamo's ``eager`` backend stands in for
+    inductor here (its code generation takes minutes on 2 CPU cores); the guards and graphs are the same."""
+    import torch._dynamo
+
+    from minidetr.models import build_model
+    from minidetr.train import builders, run
+
+    compiled = []
+    monkeypatch.setattr(run, "compile_model", lambda m: compiled.extend(builders.compile_model(m, backend="eager"))
+                        or compiled)  # fmt: skip
+    runs = {}
+    for flag in ("false", "true"):
+        torch._dynamo.reset()
+        out = tmp_path / flag
+        main(["--preset", "deim_shapes", "--set", *TINY, f"compile={flag}", "--output", str(out), "--no-progress",
+              "--device", "cpu"])  # fmt: skip
+        runs[flag] = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                      if r["kind"] == "train"]  # fmt: skip
+    assert compiled == ["backbone", "encoder"] and "torch.compile: backbone, encoder" in capsys.readouterr().out
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-5)
+    cfg = config_from_dict(json.loads((tmp_path / "true" / "config.json").read_text()))
+    build_model(cfg.model).load_state_dict(torch.load(tmp_path / "true" / "checkpoint.pth", weights_only=True)["model"])

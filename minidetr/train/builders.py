@@ -223,3 +223,19 @@ def check_eval_backend(cfg: TrainConfig) -> None:
             f"preset {cfg.preset} evaluates with faster-coco-eval, which is not installed: "
             "pip install 'faster-coco-eval>=1.6.5' (or pip install -e '.[fast]'), or --set eval_backend=pycocotools"
         )
+
+
+def compile_model(model: torch.nn.Module, **options) -> list[str]:
+    """``--compile``: ``torch.compile``, in place, the parts of ``model`` whose inputs are the images alone (the
+    backbone and RT-DETR's / D-FINE's encoder, or DETR's transformer); returns their names.
+
+    An RT-DETR-family forward also takes the targets, for its denoising queries (their number follows the batch's
+    most crowded image), and dynamo guards on every target tensor's size: compiled whole, ``deim_shapes``
+    recompiled at nearly every step and reached torch's recompile limit, after which its forward ran eagerly
+    (``benchmarks/compile_recompiles.py``). These parts recompile only when the multi-scale size first changes
+    (then their shapes are dynamic); the decoder and its queries of changing length stay eager. Compiled in
+    place, the parameter names stay as they are (no ``_orig_mod.``), so checkpoints do not change."""
+    names = [n for n in ("backbone", "encoder", "transformer") if isinstance(getattr(model, n, None), torch.nn.Module)]
+    for name in names:
+        getattr(model, name).compile(**options)
+    return names

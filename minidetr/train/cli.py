@@ -56,7 +56,7 @@ def build_parser():
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pth (its config unless --preset)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (same as --set compile=true)")
+    p.add_argument("--compile", action="store_true", help="torch.compile backbone + encoder (= --set compile=true)")
     p.add_argument("--num-workers", type=_positive(int, allow_zero=True))
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bars (the config, epoch lines and AP table still print)"

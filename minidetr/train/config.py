@@ -115,7 +115,7 @@ class TrainConfig:
     stage2_from_best: bool = False
     ema_restart_decay: float | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast on CUDA only; the criterion stays fp32
-    compile: bool = False  # torch.compile the model (CUDA; slow to start)
+    compile: bool = False  # torch.compile the backbone and encoder (builders.compile_model; CUDA; slow to start)
     channels_last: bool = False  # NHWC memory format for the convolutions (GPU AMP; ~5 % faster here on CPU)
     sync_bn: bool = False  # SyncBatchNorm across GPUs under torchrun (CUDA only)
     # Loss: the classification method, then its matching costs, loss weights and alpha / gamma. None: the

@@ -41,6 +41,7 @@ from .builders import (
     build_policy,
     build_train_model,
     check_eval_backend,
+    compile_model,
     mixed_precision,
     resolve_data,
     resolve_device,
@@ -123,8 +124,8 @@ def fit(
         seed_everything(cfg.seed + dist_info.rank)  # (augmentations, denoising noise)
     amp_dtype, scaler = mixed_precision(cfg.amp, device)  # autocast on CUDA; fp16 with a loss scaler
     train_model = wrap_model(model, device, cfg.sync_bn)  # DDP under torchrun, else the model itself
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    if cfg.compile:  # the image-only parts, in place (builders.compile_model: the targets made it recompile)
+        _say(f"torch.compile: {', '.join(compile_model(model))}", verbose)
     # Further training state: an object registered here with state_dict()/load_state_dict() is saved in every
     # checkpoint and restored by resume (a checkpoint lacking it is refused).
     stateful = {k: v for k, v in (("ema", ema), ("scaler", scaler)) if v is not None}
