@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--steps must be at least 2 (the last half's compiles are counted)")
     torch.manual_seed(0)
     results = {way: run(args, way) for way in ("whole", "parts")}
-    r = results["parts"]
     rows = [f"| {way} | {r['ok']} | {r['gave_up']} | {r['late']} | {r['seconds']:.1f} |" for way, r in results.items()]
+    r = results["parts"]  # the batches are the same both ways
     extra = f" --set {' '.join(args.set)}" if args.set else ""
     body = (f"## torch.compile and changing target counts: `{args.preset}`, {args.steps} steps, backend "
             f"`{args.backend}`\n\n"

@@ -126,7 +126,7 @@ def test_matching_cost_arms_reach_the_same_optimum_and_report_ratios(capsys):
             assert max(totals) - min(totals) < 1e-4 * abs(totals[0])
     host = matcher.host_costs(layers, targets)
     for solver in bench.SOLVE_ONLY:  # the host-only solves are match_many's second half: the same matches
-        for got, want in zip(bench.host_solve(matcher, solver, host), results["pairs"], strict=True):
+        for got, want in zip(bench.host_solve(bench.with_solver(matcher, solver), host), results["pairs"], strict=True):
             for (q1, t1), (q2, t2) in zip(got, want, strict=True):
                 assert len(q1) == len(q2) and (solver != "scipy" or (torch.equal(q1, q2) and torch.equal(t1, t2)))
     bench.main(["--batch-size", "4", "--queries", "50", "--classes", "5", "--outputs", "2", "--repeats", "1"])

@@ -1,7 +1,6 @@
 """minidetr.config: presets, checked overrides, validation and (de)serialisation."""
 
 import dataclasses
-import importlib.util
 import json
 
 import pytest
@@ -260,7 +259,7 @@ def test_matcher_solver_reaches_the_matcher_and_a_missing_lapx_is_a_config_error
     from minidetr.train.builders import build_criterion
 
     cfg = apply_overrides(get_preset("deim_shapes"), ["matcher_solver=lapx"])
-    if importlib.util.find_spec("lap") is not None:
+    if matching.matching_lapx.available():
         assert build_criterion(cfg.validate()).matcher.solver == "lapx"
     assert build_criterion(get_preset("deim_shapes")).matcher.solver == "scipy"  # the default
     monkeypatch.setattr(matching.matching_lapx, "available", lambda: False)
