@@ -155,3 +155,26 @@ def test_compile_recompiles_counts_both_ways(capsys):
     rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in out.splitlines() if line.startswith("| ")}
     assert set(rows) >= {"whole", "parts"}
     assert int(rows["whole"][0]) > 0 and int(rows["parts"][0]) > 0  # both compiled something
+
+
+def test_attention_maps_varies_only_the_backbone_and_writes_its_section(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import attention_maps as bench
+    import results
+
+    target = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(bench, "write_section", lambda name, body: results.write_section(name, body, target))
+    built = []
+    real = bench.blob_detr
+    monkeypatch.setattr(bench, "blob_detr", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    bench.main(["--steps", "2", "--seeds", "1", "--images", "16", "--write"])
+    assert [(type(m.backbone).__name__, m.backbone.coordinates) for m in built] == [
+        ("TinyBackbone", False),
+        ("TinyBackbone", True),
+        ("PatchBackbone", False),
+        ("PatchBackbone", True),
+    ]
+    rest = [{k: v.shape for k, v in m.state_dict().items() if not k.startswith("backbone.")} for m in built]
+    assert all(r == rest[0] for r in rest)  # everything after the backbone is the same model
+    text = target.read_text()
+    assert "<!-- attention_maps: begin -->" in text and text.count("| 16x16 patches") == 2

@@ -4,6 +4,8 @@
   buffers: detection batches are too small to re-estimate them) and the stem and first stage frozen, as
   in DETR. ImageNet weights come from torchvision's weights API, or from a local file.
 - ``TinyBackbone``: four strided conv blocks (stride 16) for CPU presets, trained from scratch.
+- ``PatchBackbone``: one token per 16x16 patch, computed from that patch alone and its coordinates (lesson 04:
+  where a decoder's attention goes when the features are local).
 
 Both take [0, 1] RGB; the ResNet applies ImageNet mean/std itself, since its weights expect that input.
 """
@@ -21,6 +23,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 __all__ = [
     "TinyBackbone",
+    "PatchBackbone",
     "ResNetBackbone",
     "build_backbone",
     "freeze_batch_norm",
@@ -47,9 +50,10 @@ class TinyBackbone(nn.Module):
     the batch, so tiny CPU batches and evaluation behave like training.
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, coordinates: bool = False):
         super().__init__()
-        blocks, in_ch = [], 3
+        self.coordinates = coordinates  # lesson 04's control: two extra input channels, see PatchBackbone
+        blocks, in_ch = [], 3 + 2 * coordinates
         for i in range(4):
             out_ch = width * 2**i
             blocks.append(
@@ -68,7 +72,20 @@ class TinyBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W]`` in [0, 1] -> ``[B, 8*width, H/16, W/16]``."""
-        return self.body(images * 2 - 1)  # centre the input around 0, no dataset statistics needed
+        return self.body(_input(images, self.coordinates))
+
+
+def _input(images: Tensor, coordinates: bool) -> Tensor:
+    """Images centred around 0 (no dataset statistics needed), with each pixel's (x, y) in [-1, 1] appended as
+    two channels when ``coordinates``."""
+    x = images * 2 - 1
+    if not coordinates:
+        return x
+    b, _, h, w = x.shape
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))  # [2, H, W]: x, then y
+    return torch.cat([x, grid.expand(b, -1, -1, -1)], dim=1)
 
 
 def load_imagenet_state_dict(name: str) -> dict[str, Tensor]:
@@ -153,6 +170,29 @@ def load_backbone_state(path: str | os.PathLike, what: str = "a local state-dict
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     return state
+
+
+class PatchBackbone(nn.Module):
+    """A 16x16-patch embedding (stride 16, like ``TinyBackbone``) then a per-token MLP: ``8*width`` channels.
+
+    Each output cell is computed from its own patch only: no kernel overlaps a neighbour and there is no
+    normalisation over the image, so a token knows nothing about the rest of the image (the tiny CNN's
+    receptive field, 91 px, covers most of a small image). DETR adds positions to attention's queries and
+    keys, never to its values, so with ``coordinates`` the patch also sees its pixels' (x, y) in [-1, 1]
+    as two extra input channels: what a token passes on then says where it is.
+    """
+
+    def __init__(self, width: int = 32, coordinates: bool = True, patch: int = 16):
+        super().__init__()
+        self.coordinates = coordinates
+        out_ch = 8 * width
+        self.embed = nn.Conv2d(3 + 2 * coordinates, out_ch, patch, stride=patch)
+        self.mlp = nn.Sequential(nn.ReLU(), nn.Conv2d(out_ch, out_ch, 1), nn.ReLU())
+        self.num_channels, self.stride = out_ch, patch
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> ``[B, 8*width, H/16, W/16]``."""
+        return self.mlp(self.embed(_input(images, self.coordinates)))
 
 
 def weights_mismatch(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
