@@ -20,7 +20,10 @@ whose costs a GPU builds). The tests show that every arm and solver reaches the 
 are the padded blocks without the padding (``test_pair_costs_are_the_padded_blocks_without_padding``). Target counts
 are COCO-like: per image ``min(90, geometric with mean 7)``, one image of 90 per batch for the long tail;
 ``--mosaic`` sums four such draws per image (a mosaic batch). The arms alternate ``--repeats`` times, in
-forward and reverse order by turns; medians. ``--write`` puts the table into ``benchmarks/RESULTS.md``.
+forward and reverse order by turns, and each timed call follows an untimed call of the same arm: without it,
+``pairs`` was slower when it ran right after ``padded`` than in the other order, and the median of an odd count of
+repeats fell on one order. Medians. ``--write`` puts the table into
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -122,12 +125,16 @@ def measure(args, mosaic: bool) -> dict:
     times = {name: [] for name in [*ARMS, *(f"solve_{s}" for s in SOLVE_ONLY)]}
     for repeat in range(args.repeats):
         for name, fn in list(ARMS.items())[:: 1 if repeat % 2 == 0 else -1]:  # each arm first and last as often
+            fn(matcher, layers, targets)  # untimed: the arm run before this one slowed its next call down
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
             fn(matcher, layers, targets)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
         for solver, m in solvers.items():
+            host_solve(m, host)
             start = time.perf_counter()
             host_solve(m, host)
             times[f"solve_{solver}"].append(time.perf_counter() - start)
@@ -162,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     body = (f"## Matching per training step: batch {args.batch_size}, {args.queries} queries, {args.classes} classes, "
             f"{args.outputs} outputs ({args.device})\n\n"
             f"Written by `{cmd} --write`: the same per-image scipy solves in every arm, the costs laid out three ways "
-            f"(see the script's docstring); medians of {args.repeats} alternating repeats. Machine: {_cpu_name()}, "
+            f"(see the script's docstring); medians of {args.repeats} alternating repeats, each after an untimed "
+            f"call of the same arm. Machine: {_cpu_name()}, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}.\n\n"
             "| targets | mean / max per image | official `[B*Q, sum T]` ms | padded `[B, Q, T_max]` ms | pairs "
             "`[sum T, Q]` ms | official / pairs | padded / pairs |\n|---|---|---|---|---|---|---|\n"
