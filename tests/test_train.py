@@ -377,3 +377,29 @@ def test_every_training_command_in_the_readme_parses(monkeypatch, capsys):
         cfg = config_from_args(parser.parse_args(words[start:]), parser)
         assert cfg.batch_size > 0, line
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("outcome", ["returns", "config error", "interrupted"])
+def test_cli_leaves_the_process_group_however_the_run_ends(outcome, monkeypatch):
+    """Under torchrun fit() joins the process group; the CLI destroys it on every way out, errors included."""
+    from minidetr.train import cli
+    from minidetr.train.config import ConfigError
+
+    calls = []
+
+    def fake_fit(*args, **kwargs):
+        calls.append("fit")
+        if outcome == "config error":
+            raise ConfigError("bad value")
+        if outcome == "interrupted":
+            raise KeyboardInterrupt
+        return {"AP": 0.0}
+
+    monkeypatch.setattr(cli, "fit", fake_fit)
+    monkeypatch.setattr(cli, "cleanup", lambda: calls.append("cleanup"))
+    if outcome == "returns":
+        assert cli.main(["--no-progress"]) == {"AP": 0.0}
+    else:
+        with pytest.raises(SystemExit):
+            cli.main(["--no-progress"])
+    assert calls == ["fit", "cleanup"]

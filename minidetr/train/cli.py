@@ -12,7 +12,7 @@ from typing import Any
 
 from ..checkpoint import CheckpointError, check_resumable, load_checkpoint
 from ..data import DatasetError
-from ..distributed import is_main_process
+from ..distributed import cleanup, is_main_process
 from .builders import resolve_device
 from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from .engine import NonFiniteLossError
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         ckpt = getattr(e, "last_checkpoint", None) or args.resume  # before the first epoch: the resumed one
         where = f"the last checkpoint is {ckpt} (resume with --resume {ckpt})" if ckpt else "no checkpoint was written"
         _exit_with(parser, f"interrupted; {where}", status=130)
+    finally:  # under torchrun fit joined the process group: leave it, whichever way the run ended
+        cleanup()
 
 
 def _kept(ckpt: Path | None) -> str:
