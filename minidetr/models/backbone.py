@@ -7,7 +7,7 @@
 - ``PatchBackbone``: one token per 16x16 patch, computed from that patch alone and its coordinates (lesson 04:
   where a decoder's attention goes when the features are local).
 
-Both take [0, 1] RGB; the ResNet applies ImageNet mean/std itself, since its weights expect that input.
+All take [0, 1] RGB; the ResNet applies ImageNet mean/std itself, since its weights expect that input.
 """
 
 from __future__ import annotations
@@ -176,8 +176,9 @@ class PatchBackbone(nn.Module):
     """A 16x16-patch embedding (stride 16, like ``TinyBackbone``) then a per-token MLP: ``8*width`` channels.
 
     Each output cell is computed from its own patch only: no kernel overlaps a neighbour and there is no
-    normalisation over the image, so a token knows nothing about the rest of the image (the tiny CNN's
-    receptive field, 91 px, covers most of a small image). DETR adds positions to attention's queries and
+    normalisation over the image, so a token knows nothing about the rest of the image (each of the tiny CNN's
+    tokens depends on every pixel of a small image: a 91 px receptive field, then GroupNorm's statistics over the
+    whole map). DETR adds positions to attention's queries and
     keys, never to its values, so with ``coordinates`` the patch also sees its pixels' (x, y) in [-1, 1]
     as two extra input channels: what a token passes on then says where it is.
     """
@@ -191,7 +192,7 @@ class PatchBackbone(nn.Module):
         self.num_channels, self.stride = out_ch, patch
 
     def forward(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W]`` in [0, 1] -> ``[B, 8*width, H/16, W/16]``."""
+        """``[B, 3, H, W]`` in [0, 1] -> ``[B, 8*width, H/patch, W/patch]``."""
         return self.mlp(self.embed(_input(images, self.coordinates)))
 
 
