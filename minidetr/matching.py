@@ -270,8 +270,8 @@ class HungarianMatcher(nn.Module):
         """``match_many``'s second half, on the host only: each entry's per-image ``[Q, T_b]`` blocks solved."""
         if self.solver == "lapx" and len(set(splits)) == 1:  # every entry has Q queries: image b's blocks at once
             e, q = len(splits), splits[0]
-            blocks = [cost[o0:o1].reshape(o1 - o0, e, q).transpose(1, 2, 0) for o0, o1 in itertools.pairwise(offsets)]
-            per_image = [[torch.from_numpy(a) for a in matching_lapx.solve_stack(block)] for block in blocks]
+            blocks = [cost[o0:o1].reshape(o1 - o0, e, q).swapaxes(0, 1) for o0, o1 in itertools.pairwise(offsets)]
+            per_image = [[torch.from_numpy(a) for a in matching_lapx.solve_stack(blk, True)] for blk in blocks]
             return [[(rows[i], cols[i]) for rows, cols in per_image] for i in range(e)]
         solve = SOLVERS[self.solver]
         results, start = [], 0

@@ -252,6 +252,18 @@ def test_every_selectable_solver_reaches_scipys_optimum(solver):
         assert_valid_optimal(cost, np.asarray(rows), np.asarray(cols))
 
 
+def test_lapx_stack_solved_targets_first_is_the_same_assignment_problem():
+    """match_many hands lapx each image's blocks as [E, T, Q] (its host copy's layout): the same optimum, with the
+    query indices in rows, ascending, as for the [E, Q, T] stack."""
+    pytest.importorskip("lap", reason="solver 'lapx' needs the optional lapx package")
+    for cost in _solver_cases():
+        stack = np.stack([cost, cost[::-1]])  # two entries of one image
+        rows, cols = matching.matching_lapx.solve_stack(stack.transpose(0, 2, 1), targets_first=True)
+        assert rows.shape == cols.shape == (2, min(cost.shape))
+        for entry, r, c in zip(stack, rows, cols, strict=True):
+            assert_valid_optimal(entry, r, c)
+
+
 @pytest.mark.parametrize("solver", sorted(set(SOLVERS) - {"scipy"}))
 def test_matcher_with_each_solver_matches_as_well_as_scipy(solver):
     if solver == "lapx":

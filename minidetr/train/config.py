@@ -138,7 +138,7 @@ class TrainConfig:
     assignment_k: int = 4
     assignment_min_iou: float = 0.0  # one-to-many: no pair below this IoU (0: no floor)
     # "o2o"'s assignment solver: scipy's linear_sum_assignment, or lapx's rectangular Jonker-Volgenant (pip install
-    # lapx; the same optimum, 1.7-2.5x faster solves at deim_r50's sizes; on tied costs it may pick another pair of
+    # lapx; the same optimum, 2.4-3.0x faster solves at deim_r50's sizes; on tied costs it may pick another pair of
     # the same total).
     matcher_solver: Literal["scipy", "lapx"] = "scipy"
     # Class-aware NMS (torchvision batched_nms) at this IoU in evaluation and predict; None: none (one-to-one
