@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LESSONS = ["06_classification_losses.ipynb", "07_matchability_aware_loss.ipynb", "11_deim_end_to_end.ipynb"]
 WIDGET_CALLS = ("viz.interactive(", "loss_curve_explorer(")
 CONTROLS = ".widget-slider, .widget-dropdown, .widget-checkbox"
-STARTUP_S, RUN_S, CHANGE_S = 90, 240, 30
+# Upper bounds of each wait (a passing run waits only as long as it takes): wide, for a loaded 2-core machine
+STARTUP_S, RUN_S, CHANGE_S = 180, 480, 60
 LIVE, LIVE_EPOCHS = "live_curves.ipynb", 6
 # the tiny DEIM of tests/test_train_rtdetr.py, 64 images, 6 epochs of 8 steps: about 10 s on one core
 LIVE_TRAIN = ["epochs=6", "batch_size=8", "data.image_size=64", "data.shapes_num_train=64", "data.shapes_num_val=8"]
