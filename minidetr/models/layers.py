@@ -1,4 +1,5 @@
-"""Building blocks both model families share: the box/query MLP and the Conv-BatchNorm-activation unit.
+"""Building blocks both model families share: the box/query MLP, the Conv-BatchNorm-activation unit and the
+flattening of feature maps into tokens.
 
 Their parameter names (``layers.i``; ``conv``, ``norm``) are the official ones, so checkpoints of either
 family load into them unchanged.
@@ -6,9 +7,12 @@ family load into them unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "MLP", "ConvNormLayer"]
+__all__ = ["ACTIVATIONS", "MLP", "ConvNormLayer", "flatten_levels", "grad_in_layout"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
@@ -48,3 +52,32 @@ class ConvNormLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.norm(self.conv(x)))
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def grad_in_layout(x: Tensor) -> Tensor:
+    """``x`` itself; when ``x`` is a channels_last map, its gradient comes back contiguous channels_last.
+
+    A map that is flattened into tokens and concatenated gets back a slice of the tokens' gradient, strided like
+    neither layout, and the BatchNorm that made the map then takes a slow backward path on the CPU: with
+    ``channels_last`` the input projections' BatchNorm backward took about 4x as long (``benchmarks/RESULTS.md``,
+    channels_last). An NCHW map is returned as it is, so the default layout's gradients do not change."""
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return _ChannelsLastGrad.apply(x) if channels_last and x.requires_grad else x
+
+
+def flatten_levels(maps: Sequence[Tensor]) -> tuple[Tensor, list]:
+    """Feature maps ``[B, D, H_l, W_l]`` -> tokens ``[B, sum H_l W_l, D]`` (each level row-major, the levels
+    concatenated) and the levels' ``(H_l, W_l)``; a channels_last map's gradient comes back in its own layout
+    (:func:`grad_in_layout`)."""
+    shapes = [tuple(m.shape[-2:]) for m in maps]
+    return torch.cat([grad_in_layout(m).flatten(2).transpose(1, 2) for m in maps], 1), shapes

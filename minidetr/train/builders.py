@@ -193,8 +193,15 @@ def build_criterion(cfg: TrainConfig) -> SetCriterion:
 
 
 def build_train_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """``cfg.model`` on ``device``; with ``cfg.channels_last`` its weights NHWC (so every convolution runs NHWC)."""
-    return build_model(cfg.model).to(device, memory_format=torch.channels_last if cfg.channels_last else None)
+    """``cfg.model`` on ``device``; with ``cfg.channels_last`` its convolutions' weights NHWC (so they run NHWC),
+    except, on a CPU, those with fewer than 16 output channels: their BatchNorm's NHWC backward was 6x slower
+    than NCHW's at 8 channels here (``benchmarks/RESULTS.md``, channels_last), while from 16 on NHWC is faster."""
+    model = build_model(cfg.model).to(device)
+    if cfg.channels_last:
+        for conv in model.modules():
+            if isinstance(conv, torch.nn.Conv2d) and (device.type != "cpu" or conv.out_channels >= 16):
+                conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    return model
 
 
 def mixed_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:

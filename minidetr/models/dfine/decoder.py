@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ACTIVATIONS, MLP
+from ..layers import ACTIVATIONS, MLP, flatten_levels
 from ..rtdetr.decoder import cached_anchors
 from ..rtdetr.deformable import MSDeformableAttention
 from ..rtdetr.denoising import inverse_sigmoid
@@ -197,8 +197,7 @@ class DFINEDecoder(nn.Module):
         """features: encoder maps ``[B, C_l, H_l, W_l]``; denoising: ``(content, boxes_logit, attn_mask, dn_meta)``
         or None. Returns the model's output dict (``minidetr.models.dfine.model``)."""
         maps = [proj(f) for proj, f in zip(self.input_proj, features, strict=True)]
-        shapes = [tuple(m.shape[-2:]) for m in maps]
-        memory = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)  # (B, N, D)
+        memory, shapes = flatten_levels(maps)  # (B, N, D)
         anchors, valid = self.anchors(shapes, memory)
 
         enc_memory = self.enc_output(valid.to(memory.dtype) * memory)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..layers import ACTIVATIONS, MLP
+from ..layers import ACTIVATIONS, MLP, flatten_levels
 from .deformable import MSDeformableAttention
 from .denoising import inverse_sigmoid
 
@@ -162,8 +162,7 @@ class RTDETRDecoder(nn.Module):
         """features: encoder maps ``[B, D, H_l, W_l]``; denoising: ``(content [B, Nd, D], boxes_logit [B, Nd, 4],
         attn_mask, dn_meta)`` or None. Returns the model's output dict (see ``RTDETR``)."""
         maps = [proj(f) for proj, f in zip(self.input_proj, features, strict=True)]
-        shapes = [tuple(m.shape[-2:]) for m in maps]
-        memory = torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)  # (B, N, D)
+        memory, shapes = flatten_levels(maps)  # (B, N, D)
         anchors, valid = self.anchors(shapes, memory)
 
         # Query selection: score every token, keep the top Q by their best class score.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import ConvNormLayer
+from ..layers import ConvNormLayer, grad_in_layout
 
 __all__ = ["sincos_position_embedding_2d", "AIFI", "RepVggBlock", "CSPRepLayer", "HybridEncoder"]
 
@@ -132,7 +132,7 @@ class HybridEncoder(nn.Module):
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         """``[C3, C4, C5]`` -> three ``[B, D, H_l, W_l]`` maps (strides 8, 16, 32)."""
-        feats = [proj(f) for proj, f in zip(self.input_proj, features, strict=True)]
+        feats = [grad_in_layout(proj(f)) for proj, f in zip(self.input_proj, features, strict=True)]
         if len(self.encoder):
             b, d, h, w = feats[-1].shape
             tokens = feats[-1].flatten(2).transpose(1, 2)  # (B, H*W, D)
