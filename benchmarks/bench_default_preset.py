@@ -89,7 +89,8 @@ def summarize(
         "command": "python -m minidetr.train"
         + ("" if preset == DEFAULT_PRESET else f" --preset {preset}")
         + (" --set " + " ".join(overrides) if overrides else ""),
-        "preset": cfg.preset, "epochs": cfg.epochs, "steps": last["step"], "threads": threads,
+        "preset": cfg.preset, "overrides": list(overrides), "epochs": cfg.epochs, "steps": last["step"],
+        "threads": threads,
         "wall_s": last["time_s"] if wall_s is None else wall_s, "wall_source": "fit() clock in metrics.jsonl"
         if wall_s is None else "subprocess wall clock", "data_generation_s": data_s,
         "AP": last["AP"], "AP50": last["AP50"],
@@ -112,6 +113,7 @@ def to_markdown(r: dict) -> str:
         "",
         "Written by `python benchmarks/bench_default_preset.py"
         + ("" if r["preset"] == DEFAULT_PRESET else f" --preset {r['preset']}")
+        + (" --set " + " ".join(r["overrides"]) if r["overrides"] else "")
         + "`.",
         f"Aim: AP50 >= {AIM_AP50} on the synthetic val set within {AIM_MINUTES:.0f} minutes on 2 CPU cores.",
         "",
@@ -140,6 +142,12 @@ def to_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def section_name(preset: str, overrides: list[str]) -> str:
+    """RESULTS.md section of a run: one per preset, and one per variant (``--set``), so a variant never replaces
+    the preset's own figures."""
+    return f"bench_default_preset:{preset}" + "".join(f":{o}" for o in overrides)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset to time (default {DEFAULT_PRESET})")
@@ -161,7 +169,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result = run(args.preset, args.overrides, args.threads, args.output or Path(tmp) / "run")
     result["note"] = args.note
-    print(write_section(f"bench_default_preset:{result['preset']}", to_markdown(result), args.results))
+    print(write_section(section_name(result["preset"], args.overrides), to_markdown(result), args.results))
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
 
 

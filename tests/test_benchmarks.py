@@ -178,3 +178,27 @@ def test_attention_maps_varies_only_the_backbone_and_writes_its_section(tmp_path
     assert all(r == rest[0] for r in rest)  # everything after the backbone is the same model
     text = target.read_text()
     assert "<!-- attention_maps: begin -->" in text and text.count("| 16x16 patches") == 2
+
+
+def test_channels_last_cpu_times_both_layouts_on_a_gradient_strided_like_neither(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import channels_last_cpu as bench
+    import results
+
+    target = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(bench, "write_section", lambda name, body: results.write_section(name, body, target))
+    bench.main(["--repeats", "1"])  # by_gradient_layout asserts the slice it times is neither NCHW nor NHWC
+    text = target.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(rows) == len(bench.SIZES) + len(bench.LEVELS)
+    assert "<!-- channels_last_cpu: begin -->" in text and "| 8 | 64x64 |" in text
+
+
+def test_a_default_preset_variant_gets_its_own_results_section():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_default_preset as bench
+
+    assert bench.section_name("deim_shapes", []) == "bench_default_preset:deim_shapes"  # the README's main command
+    variant = bench.section_name("deim_shapes", ["channels_last=true"])
+    assert variant != bench.section_name("deim_shapes", []) and "channels_last=true" in variant
+    assert f"<!-- {variant}: begin -->" in (ROOT / "benchmarks" / "RESULTS.md").read_text()

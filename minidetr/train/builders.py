@@ -194,8 +194,9 @@ def build_criterion(cfg: TrainConfig) -> SetCriterion:
 
 def build_train_model(cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     """``cfg.model`` on ``device``; with ``cfg.channels_last`` its convolutions' weights NHWC (so they run NHWC),
-    except, on a CPU, those with fewer than 16 output channels: their BatchNorm's NHWC backward was 6x slower
-    than NCHW's at 8 channels here (``benchmarks/RESULTS.md``, channels_last), while from 16 on NHWC is faster."""
+    except, on a CPU, those with fewer than 16 output channels: their BatchNorm's NHWC forward + backward took 6x
+    as long as NCHW's at 8 channels here, and within 15 % of it from 16 channels on, where the NHWC convolutions
+    gain more (``benchmarks/RESULTS.md``, channels_last on a CPU)."""
     model = build_model(cfg.model).to(device)
     if cfg.channels_last:
         for conv in model.modules():
