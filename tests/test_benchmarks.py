@@ -202,3 +202,14 @@ def test_a_default_preset_variant_gets_its_own_results_section():
     variant = bench.section_name("deim_shapes", ["channels_last=true"])
     assert variant != bench.section_name("deim_shapes", []) and "channels_last=true" in variant
     assert f"<!-- {variant}: begin -->" in (ROOT / "benchmarks" / "RESULTS.md").read_text()
+
+
+def test_persistent_workers_times_both_arms_and_checks_their_batches_agree(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import persistent_workers as bench
+
+    bench.main(["--images", "32", "--epochs", "2", "--rounds", "1", "--workers", "1", "--no-write",
+                "--set", "data.image_size=64", "batch_size=8"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Same batches in both arms (checksum of every epoch): yes" in out
+    assert len([line for line in out.splitlines() if line.startswith("| ") and line.endswith("x |")]) == 4

@@ -24,7 +24,7 @@ from minidetr.train.logs import read_metrics
 
 STEPS_PER_EPOCH = 4  # detr_tiny: 16 train images, batch 4
 KILL_AT_STEP = STEPS_PER_EPOCH + 2  # the 3rd step of the 2nd epoch, after the first checkpoint
-ARGS = ["--preset", "detr_tiny", "--epochs", "2", "--no-progress", "--device", "cpu", "--num-workers", "0",
+ARGS = ["--preset", "detr_tiny", "--epochs", "2", "--no-progress", "--device", "cpu",
         "--set", "data.stop_epoch=1", "ema=true", "ema_warmups=2"]  # fmt: skip
 
 _KILLER = f"""
@@ -53,8 +53,11 @@ def _records(out):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in read_metrics(out)]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+# In the main process, and with 2 persistent loader workers: the uninterrupted run's workers are reseeded for
+# epoch 1 and handed the epoch (strong augmentations off), the resumed run's are fresh; the same metrics either way.
+@pytest.fixture(scope="module", params=[0, 2], ids=["main-process", "persistent-workers"])
+def runs(tmp_path_factory, request):
+    args = [*ARGS, "--num-workers", str(request.param)]
     cache = tmp_path_factory.mktemp("cache")
     full, killed = tmp_path_factory.mktemp("full"), tmp_path_factory.mktemp("killed")
     env = _env(cache)
@@ -62,9 +65,9 @@ def runs(tmp_path_factory):
     subprocess.run([sys.executable, "-c", "from minidetr.data import ensure_shapes; "
                     "ensure_shapes(num_train=16, num_val=8, seed=0, image_size=64)"], env=env, check=True)  # fmt: skip
     procs = [
-        subprocess.Popen([sys.executable, "-m", "minidetr.train", *ARGS, "--output", str(full)], env=env,
+        subprocess.Popen([sys.executable, "-m", "minidetr.train", *args, "--output", str(full)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        subprocess.Popen([sys.executable, "-c", _KILLER, *ARGS, "--output", str(killed)], env=env,
+        subprocess.Popen([sys.executable, "-c", _KILLER, *args, "--output", str(killed)], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
     ]  # fmt: skip
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]

@@ -64,8 +64,8 @@ class CocoDetection(torchvision.datasets.CocoDetection):
     pipeline, e.g. :func:`minidetr.data.transforms.build_transforms`); it must return a tensor image.
     ``cache_images``: keep each decoded uint8 image in memory after its first read, so later epochs and mosaic
     partners skip the file decode; for small datasets such as the synthetic shapes (2,000 images of 128 px:
-    98 MB), not for COCO. A loader worker fills its own copy, which ends with the worker (they are not
-    persistent): the cache pays off fully with ``num_workers=0``, as in the shapes presets.
+    98 MB), not for COCO. A loader worker fills its own copy, which lasts as long as the worker: from one epoch
+    to the next with ``persistent_workers`` (the default), else one epoch; in full with ``num_workers=0``.
     """
 
     def __init__(

@@ -37,8 +37,8 @@ class DetectionTransforms:
 
     A step named in ``policy_ops`` runs only while ``policy(name, epoch)`` is true; the default policy is
     RT-DETR's: run while ``epoch < stop_epoch`` (always, when ``stop_epoch`` is None). Note for DataLoaders:
-    workers copy the dataset when an epoch's iterator starts, so call ``set_epoch`` before iterating and do
-    not use ``persistent_workers=True`` (their copy would never see the new epoch).
+    workers copy the dataset when an epoch's iterator starts, so call ``set_epoch`` before iterating; torch's
+    own ``persistent_workers=True`` would keep their first copy for good (``build_dataloader``'s hands the epoch on).
     """
 
     def __init__(

@@ -171,8 +171,8 @@ def _apply_total_batch(cfg: TrainConfig, args, parser, keep: set[str]) -> None:
 # the loader's workers, the evaluation, and the base lrs (fit() then rescales the schedule to them). Anything
 # else (the model, the data, the batch, the loss, the seed, ...) would give a different run than the one the
 # checkpoint's weights, optimiser moments and random state belong to.
-RESUMABLE = ("epochs", "eval_every", "log_every", "num_workers", "eval_backend", "num_top_queries", "nms_iou",
-             "compile", "lr", "lr_backbone")  # fmt: skip
+RESUMABLE = ("epochs", "eval_every", "log_every", "num_workers", "persistent_workers", "eval_backend",
+             "num_top_queries", "nms_iou", "compile", "lr", "lr_backbone")  # fmt: skip
 
 
 def _check_resume_changes(saved: TrainConfig, cfg: TrainConfig, resume: str) -> None:

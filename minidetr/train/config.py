@@ -147,6 +147,9 @@ class TrainConfig:
     # Runtime.
     seed: int = 0
     num_workers: int = 0
+    # Keep the loader's worker processes (and their decoded-image caches) from one epoch to the next; they are
+    # reseeded and handed the epoch each pass, so a run is the same as with fresh workers (no effect with 0).
+    persistent_workers: bool = True
     eval_every: int = 1  # evaluate (and write detections json) every N epochs and after the last one
     log_every: int = 10  # write a metrics.jsonl train record every N steps
     eval_backend: Literal["pycocotools", "faster"] = "pycocotools"

@@ -110,7 +110,8 @@ def fit(
     policy = build_policy(cfg)  # the epoch decides which augmentations run (a resumed run gets its phase back)
     _say(policy.describe(cfg.epochs), verbose)
     multiscale = MultiScaleCollate(cfg.data.multiscale_sizes, cfg.data.stop_epoch, policy)  # + DEIM's mixup
-    train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, shard, multiscale)
+    train_loader = build_dataloader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed, shard, multiscale,
+                                    cfg.persistent_workers)  # fmt: skip
     val_loader = build_dataloader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed, shard)
     model = build_train_model(cfg, device)
     criterion = build_criterion(cfg).to(device)
