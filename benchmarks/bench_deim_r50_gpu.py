@@ -120,16 +120,18 @@ def run(args) -> dict:
         "loss_first": losses[0],
         "loss_last": losses[-1],
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(["python benchmarks/bench_deim_r50_gpu.py", *sys.argv[1:]]),
     }
 
 
 def to_markdown(r: dict) -> str:
     down = "yes" if r["loss_last"] < r["loss_first"] else "NO"
+    r.setdefault("command", "python benchmarks/bench_deim_r50_gpu.py")
     return "\n".join(
         [
             "## Benchmark: deim_r50 training step on one GPU",
             "",
-            "Written by `python benchmarks/bench_deim_r50_gpu.py` (synthetic 640x640 batches, no data loading).",
+            f"Written by `{r['command']}` (synthetic {r['size']}x{r['size']} batches, no data loading).",
             "",
             "| what | value |",
             "|---|---|",
@@ -160,7 +162,7 @@ def main() -> None:
     args = p.parse_args()
     result = run(args)
     section = to_markdown(result)
-    write_section("bench_deim_r50_gpu", section, args.results)
+    write_section("bench_deim_r50_gpu" + ("_compile" if args.compile else ""), section, args.results)
     print(section)
 
 

@@ -1,6 +1,7 @@
 """The GPU benchmark script runs (on the CPU, at a toy size): a task lent a GPU can trust it to produce its
 RESULTS.md section. What it measures there is not checked here: speed lives in benchmarks/, never in tests."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,29 @@ def test_deim_r50_gpu_benchmark_script_runs_on_cpu(tmp_path):
     assert "kept" in text  # the other sections stay
     assert "| iterations (+ warm-up) / batch / size | 2 (+1) / 1 / 128 |" in text
     assert "| device / torch | cpu /" in text and "images/s" in text
+    assert "synthetic 128x128 batches" in text and "--size 128" in text  # the command as run
+
+
+def test_gpu_checks_script_runs_its_steps_at_toy_size_on_cpu(tmp_path):
+    """The prepared GPU script's plumbing, with GPU_CHECKS_DEVICE=cpu (toy sizes, RESULTS.md left alone): every
+    step logged with its status, a missing official checkout said plainly, an unknown step refused."""
+    script = ROOT / "benchmarks" / "gpu_checks.sh"
+    env = {**os.environ, "GPU_CHECKS_DEVICE": "cpu", "OUT": str(tmp_path), "PY": sys.executable}
+    before = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    done = subprocess.run(["bash", str(script), "env", "matching", "bench"], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "matching rc=0" in summary and "bench rc=0" in summary, summary
+    assert "pycocotools, lap, minidetr import" in (tmp_path / "env.txt").read_text()
+    assert "| COCO-like |" in (tmp_path / "matching.log").read_text()
+    assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == before  # a dry run writes nothing there
+    assert (tmp_path / "RESULTS.md").is_file()
+    if not (ROOT / ".official" / "DEIM").is_dir():
+        done = subprocess.run(["bash", str(script), "official"], env=env, capture_output=True, text=True, timeout=60)
+        assert "no .official/DEIM" in done.stdout
+    bad = subprocess.run(["bash", str(script), "nonsense"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown step 'nonsense'" in bad.stderr
 
 
 def test_vfl_vs_mal_writes_configs_that_differ_only_in_the_loss(tmp_path, monkeypatch):
