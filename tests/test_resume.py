@@ -212,3 +212,41 @@ def test_a_torchrun_job_killed_on_one_rank_resumes_exactly(tmp_path):
         assert b["model"][k].equal(v), k
     for k, v in a["ema"]["module"].items():
         assert b["ema"]["module"][k].equal(v), k
+
+
+_DDP_POISON = """
+import os, sys
+import minidetr.train.run as run
+build = run.build_criterion
+def poisoned(cfg):  # rank 1's loss_giou turns NaN at the 2nd step of epoch 1, after the first checkpoint
+    criterion = build(cfg)
+    forward, calls = criterion.forward, [0]
+    def forward_nan(outputs, targets):
+        losses = forward(outputs, targets)
+        calls[0] += 1
+        if calls[0] == %d and os.environ["RANK"] == "1":
+            losses["loss_giou"] = losses["loss_giou"] * float("nan")
+        return losses
+    criterion.forward = forward_nan
+    return criterion
+run.build_criterion = poisoned
+from minidetr.train import main
+main(sys.argv[1:])
+""" % (DDP_STEPS_PER_EPOCH + 2)
+
+
+def test_a_torchrun_job_whose_loss_turns_non_finite_on_one_rank_stops_cleanly(tmp_path):
+    """The command line's non-finite path under torchrun: every rank stops with the message and exit status 2 (none
+    aborts while leaving the process group), and the checkpoint it names is the last good one."""
+    env = _env(tmp_path / "cache")
+    script, out = tmp_path / "poison.py", tmp_path / "run"
+    script.write_text(_DDP_POISON)
+    done = subprocess.run(_torchrun(str(script), *DDP_ARGS, "--output", str(out)), env=env, capture_output=True,
+                          text=True, timeout=400)  # fmt: skip
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-3000:]
+    assert "non-finite loss at epoch 1" in text and "training stopped" in text, text[-3000:]
+    assert f"--resume {out / 'checkpoint.pth'}" in text, text[-3000:]
+    assert "exitcode  : 2" in text and "exitcode  : -6" not in text, text[-3000:]  # both ranks: status 2, no SIGABRT
+    assert "terminate called" not in text, text[-3000:]
+    assert load_checkpoint(out / "checkpoint.pth")["epoch"] == 0

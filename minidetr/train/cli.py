@@ -6,13 +6,14 @@ and exit status 2, without a traceback.
 from __future__ import annotations
 
 import copy
+import gc
 import os
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import CheckpointError, check_resumable, load_checkpoint
 from ..data import DatasetError
-from ..distributed import cleanup, is_main_process
+from ..distributed import cleanup, is_distributed, is_main_process
 from .builders import resolve_device
 from .config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 from .engine import NonFiniteLossError
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         width = max(map(len, preset_descriptions()))
         print("\n".join(f"{name:<{width}}  {desc}" for name, desc in preset_descriptions().items()))
         return None
+    failure: tuple[str, int] | None = None  # (message, exit status), said once the process group is left
     try:
         cfg = config_from_args(args, parser)
         device = resolve_device(args.device)
@@ -209,15 +211,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     # Errors of the user's data, config or checkpoint: the message, exit status 2, no traceback (a traceback
     # points at minidetr's code, not at what to fix). Anything else is a bug and keeps its traceback.
     except (ConfigError, DatasetError, FileNotFoundError, CheckpointError) as e:
-        _exit_with(parser, _user_message(e))
+        failure = _user_message(e), 2
     except NonFiniteLossError as e:
-        _exit_with(parser, f"{e}; training stopped; {_kept(getattr(e, 'last_checkpoint', None))}")
+        failure = f"{e}; training stopped; {_kept(getattr(e, 'last_checkpoint', None))}", 2
     except KeyboardInterrupt as e:  # Ctrl-C: where to go on from, not a traceback; 130 = 128 + SIGINT
         ckpt = getattr(e, "last_checkpoint", None) or args.resume  # before the first epoch: the resumed one
         where = f"the last checkpoint is {ckpt} (resume with --resume {ckpt})" if ckpt else "no checkpoint was written"
-        _exit_with(parser, f"interrupted; {where}", status=130)
+        failure = f"interrupted; {where}", 130
     finally:  # under torchrun fit joined the process group: leave it, whichever way the run ended
+        if is_distributed():  # the handled error's frames (the DDP model among them) go first: a DDP still
+            gc.collect()  # alive when the process group is destroyed can abort the process as it exits
         cleanup()
+    if failure is not None:
+        _exit_with(parser, *failure)
+    return None
 
 
 def _kept(ckpt: Path | None) -> str:
