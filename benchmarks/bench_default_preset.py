@@ -99,7 +99,10 @@ def summarize(
         "first_time_at_aim_s": None if first_hit is None else first_hit["time_s"],
         "curve": [(r["epoch"] + 1, r["time_s"], r["AP50"], r["AP"]) for r in evals],
         "cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-        "load_before": load_before, "load_after": _load(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_before": load_before, "load_after": _load() if wall_s is not None else "n/a",
+        # --from-run: when the run wrote its last metrics, not when this summary was made
+        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime((output / "metrics.jsonl").stat().st_mtime))
+        if wall_s is None else time.strftime("%Y-%m-%d %H:%M"), "from_run": wall_s is None,
     }  # fmt: skip
 
 
@@ -121,7 +124,13 @@ def to_markdown(r: dict) -> str:
         "|---|---|",
         f"| command | `{r['command']}` |",
         f"| preset / epochs / steps | {r['preset']} / {r['epochs']} / {r['steps']} |",
-        f"| machine | {r['cpu']}, {r['cores']} cores visible, {r['threads']} threads, torch {r['torch']} |",
+        f"| machine | {r['cpu']}, {r['cores']} cores visible, {r['threads']} threads, torch {r['torch']}"
+        + (
+            " (where this summary was made: a finished run's folder does not record its machine)"
+            if r.get("from_run")
+            else ""
+        )
+        + " |",
         f"| load average before / after (1, 5, 15 min) | {r['load_before']} ; {r['load_after']} |",
         f"| synthetic data generation (once, then cached) | {gen} |",
         f"| training + evaluation wall time | {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min; {r['wall_source']}) |",
@@ -129,7 +138,7 @@ def to_markdown(r: dict) -> str:
         f"| final AP small / medium / large | {r['AP_S']:.3f} / {r['AP_M']:.3f} / {r['AP_L']:.3f} |",
         f"| first epoch with AP50 >= {AIM_AP50} | {reached} |",
         f"| aim met | {'yes' if ok else 'no'} |",
-        f"| measured | {r['date']} |",
+        f"| {'run finished (its metrics.jsonl last written)' if r.get('from_run') else 'measured'} | {r['date']} |",
         "",
         *([r["note"], ""] if r.get("note") else []),
         "AP50 and AP after each epoch (time since the run started):",

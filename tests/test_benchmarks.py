@@ -228,6 +228,28 @@ def test_a_default_preset_variant_gets_its_own_results_section():
     assert f"<!-- {variant}: begin -->" in (ROOT / "benchmarks" / "RESULTS.md").read_text()
 
 
+def test_a_summary_from_a_finished_run_is_stamped_with_the_runs_time_not_todays(tmp_path):
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_default_preset as bench
+
+    ap = {"AP": 0.4, "AP50": 0.6, "AP75": 0.4, "AP_S": 0.1, "AP_M": 0.4, "AP_L": 0.5}
+    records = [{"kind": "eval", "step": 100 * (e + 1), "epoch": e, "time_s": 30.0 * (e + 1), **ap} for e in range(2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    finished = 1_700_000_000  # 2023-11-14
+    os.utime(tmp_path / "metrics.jsonl", (finished, finished))
+    text = bench.to_markdown(bench.summarize("deim_shapes", tmp_path, [], 2, None, None))
+    import time
+
+    assert (
+        f"| run finished (its metrics.jsonl last written) | {time.strftime('%Y-%m-%d', time.localtime(finished))}"
+        in text
+    )
+    assert "| measured |" not in text and "; n/a |" in text  # no load figure from today's machine
+    assert "fit() clock in metrics.jsonl" in text and "60 s" in text
+
+
 def test_persistent_workers_times_both_arms_and_checks_their_batches_agree(capsys):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import persistent_workers as bench
