@@ -195,12 +195,14 @@ def to_markdown(r: dict, args: argparse.Namespace, load_before: str) -> str:
     command = f"python benchmarks/train_throughput.py --preset {args.preset} --device {args.device}"
     command += f" --batch-size {args.batch_size}" if args.batch_size else ""
     command += f" --steps {args.steps}" + (f" --set {' '.join(args.set)}" if args.set else "")
+    kept = ", persistent" if cfg.num_workers and cfg.persistent_workers else ""
+    kept += ", pinned memory" if dev.type == "cuda" else ""  # build_dataloader pins wherever CUDA is there
     lines = [
         f"## Training throughput: `{args.preset}` on {dev.type}",
         "",
-        f"Written by `{command}`: batch {cfg.batch_size}, {cfg.data.image_size} px, {cfg.num_workers} loader workers,"
-        f" amp {cfg.amp or 'off'}, policy {r['policy']}, {r['targets_per_image']:.1f} targets per training image;"
-        f" medians over {args.steps} steps after {args.warmup} warm-up steps.",
+        f"Written by `{command}`: batch {cfg.batch_size}, {cfg.data.image_size} px, {cfg.num_workers} loader workers"
+        f"{kept}, amp {cfg.amp or 'off'}, policy {r['policy']}, {r['targets_per_image']:.1f} targets per training"
+        f" image; medians over {args.steps} steps after {args.warmup} warm-up steps.",
         "",
         f"Machine: {gpu or _cpu_name()}, {r['threads']} torch threads, torch {torch.__version__}; load average "
         f"before / after: {load_before} ; {_load()}.",
