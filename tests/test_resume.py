@@ -224,7 +224,7 @@ def poisoned(cfg):  # rank 1's loss_giou turns NaN at the 2nd step of epoch 1, a
     def forward_nan(outputs, targets):
         losses = forward(outputs, targets)
         calls[0] += 1
-        if calls[0] == %d and os.environ["RANK"] == "1":
+        if calls[0] == STEP and os.environ["RANK"] == "1":
             losses["loss_giou"] = losses["loss_giou"] * float("nan")
         return losses
     criterion.forward = forward_nan
@@ -232,7 +232,7 @@ def poisoned(cfg):  # rank 1's loss_giou turns NaN at the 2nd step of epoch 1, a
 run.build_criterion = poisoned
 from minidetr.train import main
 main(sys.argv[1:])
-""" % (DDP_STEPS_PER_EPOCH + 2)
+""".replace("STEP", str(DDP_STEPS_PER_EPOCH + 2))
 
 
 def test_a_torchrun_job_whose_loss_turns_non_finite_on_one_rank_stops_cleanly(tmp_path):
