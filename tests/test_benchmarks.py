@@ -31,11 +31,12 @@ def test_gpu_checks_script_runs_its_steps_at_toy_size_on_cpu(tmp_path):
     script = ROOT / "benchmarks" / "gpu_checks.sh"
     env = {**os.environ, "GPU_CHECKS_DEVICE": "cpu", "OUT": str(tmp_path), "PY": sys.executable}
     before = (ROOT / "benchmarks" / "RESULTS.md").read_text()
-    done = subprocess.run(["bash", str(script), "env", "matching", "bench"], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    # (the bench step's script has its own test above; the others run real models and take longer)
+    done = subprocess.run(["bash", str(script), "env", "matching"], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (tmp_path / "summary.txt").read_text()
-    assert "matching rc=0" in summary and "bench rc=0" in summary, summary
+    assert "matching rc=0" in summary, summary
     assert "pycocotools, lap, minidetr import" in (tmp_path / "env.txt").read_text()
     assert "| COCO-like |" in (tmp_path / "matching.log").read_text()
     assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == before  # a dry run writes nothing there

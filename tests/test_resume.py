@@ -198,7 +198,9 @@ def test_a_torchrun_job_killed_on_one_rank_resumes_exactly(tmp_path):
     assert results[1][0] != 0, "the killed job should have failed"
     assert load_checkpoint(killed / "checkpoint.pth")["epoch"] == 0
     steps = [r["step"] for r in _records(killed) if r["kind"] == "train"]
-    assert steps[-1] == DDP_STEPS_PER_EPOCH + 1  # rank 0 logged the first step of epoch 1, then the job died
+    # The job died inside epoch 1: rank 0 logged its first step, or was stopped by torchrun just before it could
+    # (on a slow machine the SIGTERM after rank 1's death can beat rank 0's log write; seen once in CI)
+    assert steps[-1] in (DDP_STEPS_PER_EPOCH, DDP_STEPS_PER_EPOCH + 1), steps
     resumed = subprocess.run(_torchrun("-m", "minidetr.train", "--resume", str(killed / "checkpoint.pth"),
                                        "--no-progress", "--device", "cpu"),
                              env=env, capture_output=True, text=True, timeout=400)  # fmt: skip
