@@ -126,7 +126,6 @@ def run(args) -> dict:
 
 def to_markdown(r: dict) -> str:
     down = "yes" if r["loss_last"] < r["loss_first"] else "NO"
-    r.setdefault("command", "python benchmarks/bench_deim_r50_gpu.py")
     return "\n".join(
         [
             "## Benchmark: deim_r50 training step on one GPU",

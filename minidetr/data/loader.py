@@ -144,9 +144,7 @@ class _PassDataset(Dataset):
         return getattr(self.dataset, name)
 
     def set_epoch(self, epoch: int) -> None:
-        for part in (self.dataset, self.collate):
-            if hasattr(part, "set_epoch"):
-                part.set_epoch(epoch)
+        _hand_epoch((self.dataset, self.collate), epoch)
 
     def __getitem__(self, key: tuple[int, int, int | None, int]):
         n, epoch, base, index = key
@@ -206,6 +204,10 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Tell everything in ``loader`` that switches by epoch: the dataset (augmentation policy, RT-DETR's
     ``stop_epoch``), the collate function (:class:`MultiScaleCollate`) and a ``DistributedSampler`` (a new
     seeded shuffle on every rank)."""
-    for part in (loader.dataset, loader.collate_fn, loader.sampler):
+    _hand_epoch((loader.dataset, loader.collate_fn, loader.sampler), epoch)
+
+
+def _hand_epoch(parts, epoch: int) -> None:
+    for part in parts:
         if hasattr(part, "set_epoch"):
             part.set_epoch(epoch)
